@@ -124,13 +124,13 @@ ATELIER_ENTRY(DataView) {
   });
 }
 
-// meta(id) -> [dtypeCode, shape[], device, requiresGrad]: one call for what
+// meta(id) -> [dtypeCode, shape[], device, requiresGrad, contiguous]: one call for what
 // a JS Tensor shows, so that printing and checks cost one crossing.
 ATELIER_ENTRY(Meta) {
   return guarded(info, [&] {
     const at::Tensor& t = store().get(info[0].As<Napi::Number>().Uint32Value());
     Napi::Env env = info.Env();
-    auto out = Napi::Array::New(env, 4);
+    auto out = Napi::Array::New(env, 5);
     out.Set(0u, Napi::Number::New(env, static_cast<int>(t.scalar_type())));
     auto sizes = t.sizes();
     auto shape = Napi::Array::New(env, sizes.size());
@@ -138,6 +138,7 @@ ATELIER_ENTRY(Meta) {
     out.Set(1u, shape);
     out.Set(2u, Napi::String::New(env, t.device().str()));
     out.Set(3u, Napi::Boolean::New(env, t.requires_grad()));
+    out.Set(4u, Napi::Boolean::New(env, t.is_contiguous()));
     return out.As<Napi::Value>();
   });
 }

@@ -1,0 +1,56 @@
+// The atelier command line: a thin shell that turns arguments into library calls.
+import { cudaDeviceCount, getNumThreads, liveTensors, noGrad, randn, scope, torchVersion } from "../engine/index.js";
+
+interface Command {
+  summary: string;
+  run(args: string[]): Promise<number> | number;
+}
+
+const commands: Record<string, Command> = {
+  doctor: {
+    summary: "check the engine: libtorch version, devices, a forward and backward pass",
+    run: () => doctor(),
+  },
+};
+
+function doctor(): number {
+  const before = liveTensors();
+  const gradNorm = scope(() => {
+    const w = randn([64, 64]).requiresGrad_();
+    const x = randn([8, 64]);
+    const loss = x.matmul(w).tanh().square().mean();
+    loss.backward();
+    const g = w.grad;
+    return noGrad(() => (g ? g.norm().item() : Number.NaN));
+  });
+  const ok = Number.isFinite(gradNorm) && gradNorm > 0 && liveTensors() === before;
+  console.log(`libtorch      ${torchVersion()}`);
+  console.log(`cpu threads   ${getNumThreads()}`);
+  console.log(`cuda devices  ${cudaDeviceCount()}`);
+  console.log(`autograd      ${ok ? "ok" : "FAILED"} (gradient norm ${gradNorm.toFixed(4)})`);
+  return ok ? 0 : 1;
+}
+
+function usage(): string {
+  const rows = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(12)} ${c.summary}`);
+  return ["usage: atelier <command> [options]", "", "commands:", ...rows].join("\n");
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    console.log(usage());
+    return name ? 0 : 2;
+  }
+  const command = commands[name];
+  if (!command) {
+    console.error(`atelier: unknown command '${name}'\n\n${usage()}`);
+    return 2;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    console.error(`atelier ${name}: ${e instanceof Error ? e.message : String(e)}`);
+    return 1;
+  }
+}

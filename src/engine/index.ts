@@ -1,0 +1,15 @@
+// The engine's public API.
+export { autocast } from "./autocast.js";
+export { backward, enableGrad, grad, isGradEnabled, noGrad } from "./autograd.js";
+export * from "./device.js";
+export { defOp, type OpRef } from "./dispatch.js";
+export { BYTES, type DType, dtypeCode, dtypeName, isFloating, type TypedArray } from "./dtype.js";
+export * from "./ops/creation.js";
+export * from "./ops/inplace.js";
+export * from "./ops/linalg.js";
+export * from "./ops/math.js";
+export * from "./ops/nn.js";
+export * from "./ops/shape.js";
+export { Generator, getRngState, manualSeed, setRngState } from "./random.js";
+export { disposeAll, keep, liveTensors, scope, scopeAsync } from "./scope.js";
+export { Tensor } from "./tensor.js";
