@@ -41,8 +41,11 @@ void TensorStore::release(uint32_t id) {
 }
 
 at::Tensor tensorArg(const Napi::Value& v, const char* what) {
-  if (!v.IsNumber()) throw std::runtime_error(std::string(what) + ": expected a tensor");
-  return store().get(v.As<Napi::Number>().Uint32Value());
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+  if (!(d >= 0 && d <= 4294967295.0) || d != static_cast<double>(static_cast<uint32_t>(d))) {
+    throw std::runtime_error(std::string(what) + ": expected a tensor");
+  }
+  return store().get(static_cast<uint32_t>(d));
 }
 
 Napi::Value tensorValue(Napi::Env env, const at::Tensor& t) {

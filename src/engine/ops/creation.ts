@@ -28,7 +28,7 @@ const ops = {
   zerosLike: defOp("aten::zeros_like"),
   onesLike: defOp("aten::ones_like"),
   fullLike: defOp("aten::full_like"),
-  eye: defOp("aten::eye"),
+  eye: defOp("aten::eye.m"),
   to: defOp("aten::to.device"),
 };
 
@@ -153,8 +153,9 @@ export function randnLike(t: Tensor, o?: RandomOptions): Tensor {
   return randn(t.shape, { dtype: t.dtype, device: t.device, ...o });
 }
 
-export function eye(n: number, o?: TensorOptions): Tensor {
-  return finish(ops.eye.t(n, code(o), null, o?.device), o);
+/** The n×m identity (m defaults to n). */
+export function eye(n: number, m = n, o?: TensorOptions): Tensor {
+  return finish(ops.eye.t(n, m, code(o), null, o?.device), o);
 }
 
 /** Moves and/or casts; returns `t` itself (a new handle) when nothing changes. */
