@@ -1,6 +1,7 @@
 // In-place updates, for optimizers and buffers. Run them under noGrad() on
 // leaves that require grad, as torch.optim does.
 import { defOp } from "../dispatch.js";
+import type { Generator } from "../random.js";
 import { Tensor } from "../tensor.js";
 
 const ops = {
@@ -19,6 +20,8 @@ const ops = {
   fill: defOp("aten::fill_.Scalar"),
   clamp: defOp("aten::clamp_"),
   sqrt: defOp("aten::sqrt_"),
+  uniform: defOp("aten::uniform_"),
+  normal: defOp("aten::normal_"),
 };
 
 /** t += alpha·b */
@@ -87,5 +90,17 @@ export function clamp_(t: Tensor, min: number | null, max: number | null = null)
 
 export function sqrt_(t: Tensor): Tensor {
   ops.sqrt.v(t.id);
+  return t;
+}
+
+/** Fills with U(from, to) draws (torch.nn.init.uniform_). */
+export function uniform_(t: Tensor, from = 0, to = 1, generator?: Generator): Tensor {
+  ops.uniform.v(t.id, from, to, generator ? generator.id : null);
+  return t;
+}
+
+/** Fills with N(mean, std²) draws (torch.nn.init.normal_). */
+export function normal_(t: Tensor, mean = 0, std = 1, generator?: Generator): Tensor {
+  ops.normal.v(t.id, mean, std, generator ? generator.id : null);
   return t;
 }
