@@ -10,6 +10,7 @@ export * from "./ops/linalg.js";
 export * from "./ops/math.js";
 export * from "./ops/nn.js";
 export * from "./ops/shape.js";
+export * from "./optim/index.js";
 export { Generator, getRngState, manualSeed, setRngState } from "./random.js";
 export { disposeAll, keep, liveTensors, scope, scopeAsync } from "./scope.js";
 export { Tensor } from "./tensor.js";
