@@ -41,7 +41,11 @@ function toNumbers(v: Numbers): number[] {
  * |a − b| <= atol + rtol·|b| element-wise (b is the reference), and equal
  * shapes where both are tensors. Reports the worst element.
  */
-export function assertClose(actual: Numbers, expected: Numbers, o: { atol?: number; rtol?: number; what?: string } = {}) {
+export function assertClose(
+  actual: Numbers,
+  expected: Numbers,
+  o: { atol?: number; rtol?: number; what?: string } = {},
+) {
   const atol = o.atol ?? 1e-5;
   const rtol = o.rtol ?? 1e-4;
   const what = o.what ? `${o.what}: ` : "";

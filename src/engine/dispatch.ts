@@ -2,7 +2,7 @@
 // `defOp("aten::add.Tensor")` resolves the operator on first use; arguments
 // are positional in schema order, omitted trailing ones take the schema's
 // defaults (see native/ops.cc).
-import { native, type NativeValue, type TensorId } from "./native.js";
+import { type NativeValue, native, type TensorId } from "./native.js";
 import { Tensor } from "./tensor.js";
 
 export interface OpRef {

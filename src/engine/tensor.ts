@@ -1,7 +1,7 @@
 // The Tensor: a handle to a libtorch tensor owned on the C++ side.
 // Methods are thin conveniences over the functions in ops/ (which hold the
 // docs); every result is a new Tensor owned by the innermost scope.
-import { type DType, typedArrayView, type TypedArray, dtypeName } from "./dtype.js";
+import { type DType, dtypeName, type TypedArray, typedArrayView } from "./dtype.js";
 import { native, type TensorId } from "./native.js";
 import * as creation from "./ops/creation.js";
 import * as inplace from "./ops/inplace.js";

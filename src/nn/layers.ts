@@ -6,8 +6,8 @@ import {
   groupNorm,
   layerNorm,
   linear,
-  normal_,
   noGrad,
+  normal_,
   type Tensor,
 } from "../engine/index.js";
 import { type InitOptions, Module } from "./module.js";

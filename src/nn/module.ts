@@ -129,9 +129,9 @@ export class Module {
     if (want.length !== got.length || want.some((d, i) => d !== got[i])) {
       throw new Error(`parameter '${key}': expected shape [${want}], got [${got}]`);
     }
-    const fresh = keep(
-      noGrad(() => scope(() => value.to(old.device, old.dtype).detach())),
-    ).requiresGrad_(old.requiresGrad);
+    const fresh = keep(noGrad(() => scope(() => value.to(old.device, old.dtype).detach()))).requiresGrad_(
+      old.requiresGrad,
+    );
     old.dispose();
     owner.#params.set(name, fresh);
   }
@@ -140,18 +140,23 @@ export class Module {
    * Loads parameters from `source` (key → tensor). Strict loading reports every
    * missing, unexpected and wrongly shaped key by name, and changes nothing.
    */
-  loadStateDict(source: Map<string, Tensor>, o: { strict?: boolean; ignore?: (key: string) => boolean } = {}): LoadReport {
+  loadStateDict(
+    source: Map<string, Tensor>,
+    o: { strict?: boolean; ignore?: (key: string) => boolean } = {},
+  ): LoadReport {
     const own = this.namedParameters();
     const report: LoadReport = { missing: [], unexpected: [], mismatched: [] };
     for (const [k, t] of own) {
       const s = source.get(k);
       if (!s) report.missing.push(k);
-      else if (s.shape.join() !== t.shape.join()) report.mismatched.push(`${k}: expected [${t.shape}], file has [${s.shape}]`);
+      else if (s.shape.join() !== t.shape.join())
+        report.mismatched.push(`${k}: expected [${t.shape}], file has [${s.shape}]`);
     }
     for (const k of source.keys()) if (!own.has(k) && !o.ignore?.(k)) report.unexpected.push(k);
     const problems = report.missing.length + report.unexpected.length + report.mismatched.length;
     if ((o.strict ?? true) && problems > 0) throw new Error(describeLoadProblems(this.constructor.name, report));
-    for (const [k, s] of source) if (own.has(k) && !report.mismatched.some((m) => m.startsWith(`${k}:`))) this.setParameter(k, s);
+    for (const [k, s] of source)
+      if (own.has(k) && !report.mismatched.some((m) => m.startsWith(`${k}:`))) this.setParameter(k, s);
     return report;
   }
 

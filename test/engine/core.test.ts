@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import * as E from "../../src/engine/index.js";
-import { keep, liveTensors, scope, Tensor } from "../../src/engine/index.js";
+import { keep, liveTensors, scope, type Tensor } from "../../src/engine/index.js";
 import { assertClose, checkLeaks, testFixture } from "../helpers.js";
 
 checkLeaks();
@@ -98,7 +98,13 @@ test("typed arrays round-trip for every dtype", () => {
     assert.deepEqual(half.toArray(), [1, 0.5, -2]);
     const bf = E.tensor([1, -2], { dtype: "bfloat16" });
     assert.deepEqual(Array.from(bf.toTypedArray() as Uint16Array), [0x3f80, 0xc000]);
-    assert.deepEqual(E.tensor([[1, 2, 3], [4, 5, 6]]).shape, [2, 3]);
+    assert.deepEqual(
+      E.tensor([
+        [1, 2, 3],
+        [4, 5, 6],
+      ]).shape,
+      [2, 3],
+    );
     assert.deepEqual(E.tensor([[true, false]], { dtype: "bool" }).toArray(), [1, 0]);
   });
 });

@@ -46,10 +46,13 @@ function gradcheck(fn: (...xs: Tensor[]) => Tensor, shapes: number[][], seed = 0
 
 test("gradcheck conv2d (stride, padding) and conv_transpose2d", () => {
   gradcheck((x, w, b) => E.conv2d(x, w, b, { stride: 2, padding: 1 }), [[1, 2, 5, 5], [3, 2, 3, 3], [3]]);
-  gradcheck((x, w) => E.convTranspose2d(x, w, null, { stride: 2, padding: 1, outputPadding: 1 }), [
-    [1, 2, 3, 3],
-    [2, 3, 3, 3],
-  ]);
+  gradcheck(
+    (x, w) => E.convTranspose2d(x, w, null, { stride: 2, padding: 1, outputPadding: 1 }),
+    [
+      [1, 2, 3, 3],
+      [2, 3, 3, 3],
+    ],
+  );
 });
 
 test("gradcheck group_norm and layer_norm", () => {
@@ -58,11 +61,14 @@ test("gradcheck group_norm and layer_norm", () => {
 });
 
 test("gradcheck attention (math path), softmax and activations", () => {
-  gradcheck((q, k, v) => E.scaledDotProductAttention(q, k, v, { forceMath: true, causal: true }), [
-    [1, 2, 4, 3],
-    [1, 2, 4, 3],
-    [1, 2, 4, 3],
-  ]);
+  gradcheck(
+    (q, k, v) => E.scaledDotProductAttention(q, k, v, { forceMath: true, causal: true }),
+    [
+      [1, 2, 4, 3],
+      [1, 2, 4, 3],
+      [1, 2, 4, 3],
+    ],
+  );
   gradcheck((x) => E.softmax(x, 1), [[3, 5]]);
   gradcheck((x) => E.gelu(x).add(E.gelu(x, "tanh")).add(E.quickGelu(x)).add(E.silu(x)), [[4, 3]]);
 });
@@ -70,11 +76,24 @@ test("gradcheck attention (math path), softmax and activations", () => {
 test("gradcheck bilinear interpolation, linear and baddbmm", () => {
   gradcheck((x) => E.interpolate(x, { size: [5, 4], mode: "bilinear" }), [[1, 2, 3, 3]]);
   gradcheck((x, w, b) => E.linear(x, w, b), [[2, 4], [3, 4], [3]]);
-  gradcheck((i, a, b) => E.baddbmm(i, a, b, 0.5, 2), [[2, 2, 3], [2, 2, 4], [2, 4, 3]]);
+  gradcheck(
+    (i, a, b) => E.baddbmm(i, a, b, 0.5, 2),
+    [
+      [2, 2, 3],
+      [2, 2, 4],
+      [2, 4, 3],
+    ],
+  );
 });
 
 test("gradcheck reductions and mse loss", () => {
   gradcheck((x) => E.variance(x, 1).add(E.std(x, 0).sum()), [[3, 4]]);
   gradcheck((x) => x.norm(2, 1), [[3, 4]]);
-  gradcheck((a, b) => E.mseLoss(a, b), [[2, 3], [2, 3]]);
+  gradcheck(
+    (a, b) => E.mseLoss(a, b),
+    [
+      [2, 3],
+      [2, 3],
+    ],
+  );
 });

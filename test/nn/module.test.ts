@@ -95,7 +95,10 @@ test("replacing a child changes what forward runs", () => {
     const plain = block.forward(x).toArray();
     const old = net.replaceModule("blocks.0.proj", new Doubler(net.getModule("blocks.0.proj") as Linear));
     assert.ok(old instanceof Linear);
-    assert.deepEqual(block.forward(x).toArray(), plain.map((v) => v * 2));
+    assert.deepEqual(
+      block.forward(x).toArray(),
+      plain.map((v) => v * 2),
+    );
     assert.ok(net.namedParameters().has("blocks.0.proj.inner.weight"));
     assert.throws(() => net.replaceModule("blocks.0.nothing", old), /no module at 'blocks.0.nothing'/);
   });

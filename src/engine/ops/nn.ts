@@ -2,8 +2,8 @@
 import { defOp } from "../dispatch.js";
 import { scope } from "../scope.js";
 import type { Tensor } from "../tensor.js";
-import { matmul } from "./linalg.js";
 import { ones } from "./creation.js";
+import { matmul } from "./linalg.js";
 import { logicalNot, maskedFill, mul } from "./math.js";
 import { transpose } from "./shape.js";
 
