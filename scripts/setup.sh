@@ -34,6 +34,13 @@ if ! node native/find-libtorch.js --json >/dev/null 2>&1; then
   apt_install libtorch-dev
   node native/find-libtorch.js --json >/dev/null || die "libtorch-dev was installed but is still not found"
 fi
+# Debian's libtorch calls BLAS through libblas.so.3, which is the unoptimised
+# reference BLAS unless an optimised one is installed: OpenBLAS (OpenMP build,
+# sharing libtorch's thread pool) makes 1024^3 matmul ~6x faster on 2 cores.
+if dpkg -s libtorch-dev >/dev/null 2>&1 && ! dpkg -s libopenblas0-openmp >/dev/null 2>&1 \
+   && ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; then
+  apt_install libopenblas0-openmp
+fi
 if [ "${1:-}" = "--with-reference" ] && ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   apt_install python3-torch
 fi
