@@ -1,0 +1,176 @@
+// Prompt → conditioning the way AUTOMATIC1111 computes it
+// (AUTOMATIC1111/stable-diffusion-webui modules/sd_hijack_clip.py,
+// FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line / forward /
+// process_tokens; modules/sd_emphasis.py; modules/prompt_parser.py stack_conds):
+// weighted pieces are tokenized, packed into 75-token chunks (BREAK and the
+// comma backtrack decide where a chunk ends), each chunk is encoded as
+// BOS + 75 + EOS, the emphasis is applied, and the chunks are concatenated.
+import { cat, scope, type Tensor, tensor } from "../engine/index.js";
+import type { ClipTextModel } from "../models/clip/text-encoder.js";
+import type { ClipTokenizer } from "../models/clip/tokenizer.js";
+import { parsePromptAttention, type WeightedText } from "./prompt-parser.js";
+
+export const CHUNK_LENGTH = 75;
+
+/** A1111's emphasis modes (settings "Emphasis mode"); "original" is its default. */
+export type EmphasisMode = "original" | "no-norm" | "ignore" | "none";
+
+/** chunk_length + 2 tokens (BOS … EOS) and one multiplier per token. */
+export interface PromptChunk {
+  tokens: number[];
+  multipliers: number[];
+}
+
+export interface TokenizePromptOptions {
+  /** "none" reads brackets as plain text; the other modes parse weights. */
+  emphasis?: EmphasisMode;
+  /** opts.comma_padding_backtrack (default 20; 0 turns it off). */
+  commaBacktrack?: number;
+}
+
+/**
+ * tokenize_line: the chunks of one prompt and its token count (a multiple of
+ * 75 except for the last chunk's own length).
+ */
+export function tokenizePrompt(
+  tokenizer: ClipTokenizer,
+  prompt: string,
+  o: TokenizePromptOptions = {},
+): { chunks: PromptChunk[]; tokenCount: number } {
+  const parsed: WeightedText[] = (o.emphasis ?? "original") === "none" ? [[prompt, 1.0]] : parsePromptAttention(prompt);
+  const backtrack = o.commaBacktrack ?? 20;
+  const comma = tokenizer.tokenId(",</w>");
+  const [bos, eos] = [tokenizer.bosId, tokenizer.eosId];
+
+  const chunks: PromptChunk[] = [];
+  let chunk: PromptChunk = { tokens: [], multipliers: [] };
+  let tokenCount = 0;
+  let lastComma = -1;
+
+  const nextChunk = (isLast = false) => {
+    tokenCount += isLast ? chunk.tokens.length : CHUNK_LENGTH;
+    const toAdd = CHUNK_LENGTH - chunk.tokens.length;
+    for (let i = 0; i < toAdd; i++) {
+      chunk.tokens.push(eos);
+      chunk.multipliers.push(1.0);
+    }
+    chunk.tokens = [bos, ...chunk.tokens, eos];
+    chunk.multipliers = [1.0, ...chunk.multipliers, 1.0];
+    lastComma = -1;
+    chunks.push(chunk);
+    chunk = { tokens: [], multipliers: [] };
+  };
+
+  for (const [text, weight] of parsed) {
+    if (text === "BREAK" && weight === -1) {
+      nextChunk();
+      continue;
+    }
+    for (const token of tokenizer.encodeTokens(text)) {
+      if (token === comma) {
+        lastComma = chunk.tokens.length;
+      } else if (
+        backtrack !== 0 &&
+        chunk.tokens.length === CHUNK_LENGTH &&
+        lastComma !== -1 &&
+        chunk.tokens.length - lastComma <= backtrack
+      ) {
+        // the chunk is full and a comma is near its end: move what follows the comma to the next chunk
+        const at = lastComma + 1;
+        const relocTokens = chunk.tokens.slice(at);
+        const relocMults = chunk.multipliers.slice(at);
+        chunk.tokens = chunk.tokens.slice(0, at);
+        chunk.multipliers = chunk.multipliers.slice(0, at);
+        nextChunk();
+        chunk = { tokens: relocTokens, multipliers: relocMults };
+      }
+      if (chunk.tokens.length === CHUNK_LENGTH) nextChunk();
+      chunk.tokens.push(token);
+      chunk.multipliers.push(weight);
+    }
+  }
+  if (chunk.tokens.length > 0 || chunks.length === 0) nextChunk(true);
+  return { chunks, tokenCount };
+}
+
+export interface EncodePromptOptions extends TokenizePromptOptions {
+  /** 1 = last layer; N = final_layer_norm(hidden_states[−N]) (A1111 "Clip skip"). */
+  clipSkip?: number;
+  /**
+   * The id after the first EOS of each chunk (process_tokens): SD1 pads with
+   * EOS (the default); SD2's tokenizer pads with 0.
+   */
+  padId?: number;
+}
+
+/**
+ * Emphasis of one encoded chunk batch z [B, 77, H] by per-token multipliers
+ * [B, 77] (sd_emphasis.py): "original" multiplies, then rescales so the mean
+ * of all of z is unchanged; "no-norm" only multiplies; "ignore"/"none" leave z.
+ */
+export function applyEmphasis(z: Tensor, multipliers: Tensor, mode: EmphasisMode = "original"): Tensor {
+  if (mode === "ignore" || mode === "none") return z;
+  return scope(() => {
+    const weighted = z.mul(multipliers.to(z.dtype).unsqueeze(-1));
+    if (mode === "no-norm") return weighted;
+    return weighted.mul(z.mean().div(weighted.mean()));
+  });
+}
+
+/** The 77 ids of a chunk with every id after the first EOS set to `padId` (SD2). */
+function chunkIds(tokens: readonly number[], eos: number, padId: number): number[] {
+  if (padId === eos) return [...tokens];
+  const first = tokens.indexOf(eos);
+  return tokens.map((t, i) => (first >= 0 && i > first ? padId : t));
+}
+
+/**
+ * The conditioning of one prompt: [1, 77·chunks, H], each chunk encoded by
+ * the text encoder (with clip skip), weighted by its emphasis and concatenated.
+ * Autograd records as the caller's mode says: wrap in noGrad() for inference.
+ */
+export function encodePrompt(
+  model: ClipTextModel,
+  tokenizer: ClipTokenizer,
+  prompt: string,
+  o: EncodePromptOptions = {},
+): Tensor {
+  const { chunks } = tokenizePrompt(tokenizer, prompt, o);
+  const padId = o.padId ?? tokenizer.eosId;
+  const device = model.embeddings.parameters()[0].device;
+  return scope(() => {
+    const zs = chunks.map((c) => {
+      const ids = tensor(BigInt64Array.from(chunkIds(c.tokens, tokenizer.eosId, padId), BigInt), {
+        shape: [1, c.tokens.length],
+        device,
+      });
+      const z = model.encode(ids, { clipSkip: o.clipSkip });
+      const mults = tensor(Float32Array.from(c.multipliers), { shape: [1, c.multipliers.length], device });
+      return applyEmphasis(z, mults, o.emphasis ?? "original");
+    });
+    return zs.length === 1 ? zs[0] : cat(zs, 1);
+  });
+}
+
+/**
+ * The conditioning of several prompts, [B, T, H]: each encoded on its own
+ * (A1111 encodes prompt by prompt), the shorter ones lengthened by repeating
+ * their last vector (prompt_parser.py stack_conds).
+ */
+export function encodePrompts(
+  model: ClipTextModel,
+  tokenizer: ClipTokenizer,
+  prompts: readonly string[],
+  o: EncodePromptOptions = {},
+): Tensor {
+  if (prompts.length === 0) throw new Error("encodePrompts: no prompts");
+  return scope(() => {
+    const conds = prompts.map((p) => encodePrompt(model, tokenizer, p, o));
+    const length = Math.max(...conds.map((c) => c.size(1)));
+    const padded = conds.map((c) => {
+      const missing = length - c.size(1);
+      return missing === 0 ? c : cat([c, c.narrow(1, c.size(1) - 1, 1).expand(1, missing, c.size(2))], 1);
+    });
+    return cat(padded, 0);
+  });
+}
