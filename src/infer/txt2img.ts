@@ -1,0 +1,164 @@
+// Text to image, as diffusers' StableDiffusionPipeline does it: the initial
+// noise drawn on the CPU from torch.Generator("cpu").manual_seed(seed) with
+// the latent's shape (so the same seed gives the same image), scaled by the
+// sampler's init sigma; classifier-free guidance over [uncond, cond]; the
+// sampler's steps; the VAE decode. Prompts are encoded the A1111 way
+// (emphasis, BREAK, 75-token chunks, clip skip): src/infer/prompt-encoding.ts.
+import { cat, Generator, keep, noGrad, randn, round, scope, type Tensor } from "../engine/index.js";
+import type { ClipTextModel } from "../models/clip/text-encoder.js";
+import type { ClipTokenizer } from "../models/clip/tokenizer.js";
+import type { UNet2DConditionModel } from "../models/unet/unet.js";
+import type { AutoencoderKL } from "../models/vae/vae.js";
+import { createSampler, type SchedulerConfigInput } from "../schedulers/index.js";
+import { encodePrompts } from "./prompt-encoding.js";
+
+/** A loaded Stable Diffusion model: what txt2img needs. */
+export interface StableDiffusion {
+  unet: UNet2DConditionModel;
+  vae: AutoencoderKL;
+  textEncoder: ClipTextModel;
+  tokenizer: ClipTokenizer;
+  /** The model's scheduler config (diffusers scheduler_config.json fields). */
+  scheduler: SchedulerConfigInput;
+  /** sd1 pads prompts with EOS; sd2 with 0. */
+  kind: "sd1" | "sd2";
+  device: string;
+  name: string;
+}
+
+export interface Txt2ImgOptions {
+  prompt: string;
+  negative?: string;
+  sampler?: string;
+  steps?: number;
+  cfg?: number;
+  seed?: number;
+  width?: number;
+  height?: number;
+  batch?: number;
+  clipSkip?: number;
+  /** Called after each step with (step index, total). */
+  onStep?: (i: number, total: number) => void;
+}
+
+export interface Txt2ImgResult {
+  /** The final latents [B, C, h, w], before the VAE. */
+  latents: Tensor;
+  /** Images [B, 3, H, W] in [0, 1], float32 on the CPU. */
+  images: Tensor;
+  /** The settings used, with defaults filled in. */
+  settings: Required<Omit<Txt2ImgOptions, "onStep">>;
+}
+
+/** The VAE's downsampling factor (8 for SD; 2^(levels−1) in general). */
+export function latentScale(vae: AutoencoderKL): number {
+  return 2 ** (vae.config.blockOutChannels.length - 1);
+}
+
+export function resolveTxt2Img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResult["settings"] {
+  const scale = latentScale(model.vae);
+  const defaultSize = model.unet.config.sampleSize * scale;
+  const s = {
+    prompt: o.prompt,
+    negative: o.negative ?? "",
+    sampler: o.sampler ?? "euler_a",
+    steps: o.steps ?? 20,
+    cfg: o.cfg ?? 7,
+    seed: o.seed ?? Math.floor(Math.random() * 2 ** 32),
+    width: o.width ?? defaultSize,
+    height: o.height ?? defaultSize,
+    batch: o.batch ?? 1,
+    clipSkip: o.clipSkip ?? 1,
+  };
+  const check = (ok: boolean, what: string) => {
+    if (!ok) throw new Error(what);
+  };
+  check(typeof s.prompt === "string", "prompt must be a string");
+  check(
+    Number.isInteger(s.steps) && s.steps >= 1 && s.steps <= 1000,
+    `steps must be an integer in 1..1000, got ${s.steps}`,
+  );
+  check(Number.isFinite(s.cfg) && s.cfg >= 0, `cfg must be a number >= 0, got ${s.cfg}`);
+  check(Number.isSafeInteger(s.seed) && s.seed >= 0, `seed must be a non-negative integer, got ${s.seed}`);
+  for (const [name, v] of [
+    ["width", s.width],
+    ["height", s.height],
+  ] as const) {
+    check(Number.isInteger(v) && v > 0 && v % scale === 0, `${name} must be a positive multiple of ${scale}, got ${v}`);
+  }
+  check(
+    Number.isInteger(s.batch) && s.batch >= 1 && s.batch <= 64,
+    `batch must be an integer in 1..64, got ${s.batch}`,
+  );
+  check(Number.isInteger(s.clipSkip) && s.clipSkip >= 1, `clip skip must be an integer >= 1, got ${s.clipSkip}`);
+  return s;
+}
+
+/** Generates images; the returned tensors are the caller's to dispose. */
+export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResult {
+  const settings = resolveTxt2Img(model, o);
+  const { batch, cfg, steps } = settings;
+  const sampler = createSampler(settings.sampler, model.scheduler);
+  const scale = latentScale(model.vae);
+  const dtype = model.unet.parameters()[0].dtype;
+  try {
+    return noGrad(() =>
+      scope(() => {
+        const guided = cfg !== 1;
+        const prompts = guided
+          ? [...Array(batch).fill(settings.negative), ...Array(batch).fill(settings.prompt)]
+          : Array(batch).fill(settings.prompt);
+        const context = encodePrompts(model.textEncoder, model.tokenizer, prompts, {
+          clipSkip: settings.clipSkip,
+          padId: model.kind === "sd2" ? 0 : undefined,
+        }).to(model.device, dtype);
+
+        sampler.setTimesteps(steps);
+        const generator = new Generator(settings.seed);
+        const shape = [batch, model.unet.config.inChannels, settings.height / scale, settings.width / scale];
+        let latents = scope(() => randn(shape, { generator }).to(model.device, dtype).mul(sampler.initNoiseSigma));
+        for (const [i, t] of sampler.timesteps.entries()) {
+          const next = keep(
+            scope(() => {
+              const input = sampler.scaleModelInput(latents, t);
+              const noise = model.unet.forward(guided ? cat([input, input]) : input, t, context);
+              let eps = noise;
+              if (guided) {
+                const [uncond, cond] = noise.chunk(2);
+                eps = uncond.add(cond.sub(uncond), cfg);
+              }
+              return sampler.step(eps, t, latents, generator).prevSample;
+            }),
+          );
+          latents.dispose(); // each step's latent is freed as soon as the next exists
+          latents = next;
+          o.onStep?.(i + 1, steps);
+        }
+        generator.dispose();
+        const images = model.vae
+          .decodeLatents(latents.to(model.vae.parameters()[0].dtype))
+          .div(2)
+          .add(0.5)
+          .clamp(0, 1)
+          .to("cpu", "float32");
+        return { latents, images, settings };
+      }),
+    );
+  } finally {
+    sampler.dispose();
+  }
+}
+
+/** [B, 3, H, W] images in [0, 1] → one HWC uint8 RGB buffer per image (diffusers numpy_to_pil: ·255, round). */
+export function toRgbBytes(images: Tensor): { width: number; height: number; data: Uint8Array }[] {
+  const [b, , h, w] = images.shape;
+  return scope(() => {
+    const bytes = round(images.mul(255)).clamp(0, 255).to("uint8").permute(0, 2, 3, 1).contiguous();
+    const all = bytes.toTypedArray() as Uint8Array;
+    return Array.from({ length: b }, (_, i) => ({
+      width: w,
+      height: h,
+      data: all.slice(i * h * w * 3, (i + 1) * h * w * 3),
+    }));
+  });
+}
