@@ -5,26 +5,12 @@
 // sampler's steps; the VAE decode. Prompts are encoded the A1111 way
 // (emphasis, BREAK, 75-token chunks, clip skip): src/infer/prompt-encoding.ts.
 import { cat, Generator, keep, noGrad, randn, round, scope, type Tensor } from "../engine/index.js";
-import type { ClipTextModel } from "../models/clip/text-encoder.js";
-import type { ClipTokenizer } from "../models/clip/tokenizer.js";
-import type { UNet2DConditionModel } from "../models/unet/unet.js";
+import type { StableDiffusion } from "../models/stable-diffusion.js";
 import type { AutoencoderKL } from "../models/vae/vae.js";
-import { createSampler, type SchedulerConfigInput } from "../schedulers/index.js";
+import { createSampler } from "../schedulers/index.js";
 import { encodePrompts } from "./prompt-encoding.js";
 
-/** A loaded Stable Diffusion model: what txt2img needs. */
-export interface StableDiffusion {
-  unet: UNet2DConditionModel;
-  vae: AutoencoderKL;
-  textEncoder: ClipTextModel;
-  tokenizer: ClipTokenizer;
-  /** The model's scheduler config (diffusers scheduler_config.json fields). */
-  scheduler: SchedulerConfigInput;
-  /** sd1 pads prompts with EOS; sd2 with 0. */
-  kind: "sd1" | "sd2";
-  device: string;
-  name: string;
-}
+export type { StableDiffusion };
 
 export interface Txt2ImgOptions {
   prompt: string;
