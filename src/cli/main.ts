@@ -1,5 +1,7 @@
 // The atelier command line: a thin shell that turns arguments into library calls.
 import { cudaDeviceCount, getNumThreads, liveTensors, noGrad, randn, scope, torchVersion } from "../engine/index.js";
+import { UsageError } from "./args.js";
+import { convert, generate, inspect } from "./model-commands.js";
 
 interface Command {
   summary: string;
@@ -10,6 +12,19 @@ const commands: Record<string, Command> = {
   doctor: {
     summary: "check the engine: libtorch version, devices, a forward and backward pass",
     run: () => doctor(),
+  },
+  generate: {
+    summary:
+      "text to image: --model PATH --prompt TEXT [--negative --sampler --steps --cfg --seed --width --height --batch --out]",
+    run: generate,
+  },
+  convert: {
+    summary: "IN OUT [--to ldm|diffusers] [--dtype fp32|fp16|bf16]: convert a checkpoint",
+    run: convert,
+  },
+  inspect: {
+    summary: "FILE [--json]: what a model file holds, and problems found",
+    run: inspect,
   },
 };
 
@@ -51,6 +66,6 @@ export async function run(argv: string[]): Promise<number> {
     return await command.run(rest);
   } catch (e) {
     console.error(`atelier ${name}: ${e instanceof Error ? e.message : String(e)}`);
-    return 1;
+    return e instanceof UsageError ? 2 : 1;
   }
 }

