@@ -2,6 +2,7 @@
 import { cudaDeviceCount, getNumThreads, liveTensors, noGrad, randn, scope, torchVersion } from "../engine/index.js";
 import { UsageError } from "./args.js";
 import { convert, generate, inspect } from "./model-commands.js";
+import { checkConfigCommand, createModelCommand, modelsCommand, trainCommand } from "./train-commands.js";
 
 interface Command {
   summary: string;
@@ -25,6 +26,23 @@ const commands: Record<string, Command> = {
   inspect: {
     summary: "FILE [--json]: what a model file holds, and problems found",
     run: inspect,
+  },
+  train: {
+    summary: "CONFIG [--resume STATE_DIR] [--FIELD VALUE…]: train (Dreambooth, LoRA) as the config says",
+    run: trainCommand,
+  },
+  "create-model": {
+    summary:
+      "NAME --from CHECKPOINT [--scheduler ddim|… --workspace DIR --tokenizer DIR --ema --overwrite]: a workspace model",
+    run: createModelCommand,
+  },
+  models: {
+    summary: "[--workspace DIR] [--json]: the workspace's models",
+    run: modelsCommand,
+  },
+  "check-config": {
+    summary: "[CONFIG] [--FIELD VALUE…]: check a training config and print it resolved (--help: the fields)",
+    run: checkConfigCommand,
   },
 };
 

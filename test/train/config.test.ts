@@ -1,0 +1,600 @@
+// The training config: JSON and TOML, defaults, --FIELD overrides, errors that
+// name the field (with suggestions), relative paths, cross-field checks, and
+// the resolved JSON loading back to the same config.
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { run } from "../../src/cli/main.js";
+import {
+  ConfigError,
+  configFields,
+  describeConfig,
+  type LoadTrainConfigOptions,
+  loadTrainConfig,
+  type TrainConfig,
+  writeResolvedConfig,
+} from "../../src/train/config.js";
+
+const dir = mkdtempSync(join(tmpdir(), "atelier-config-"));
+const sub = join(dir, "project");
+for (const d of ["project/dog", "project/cat", "project/class", "elsewhere/imgs", "ws"]) {
+  mkdirSync(join(dir, d), { recursive: true });
+}
+writeFileSync(join(sub, "base.safetensors"), "not really a checkpoint: the config does not load it");
+const env = { ATELIER_WORKSPACE: join(dir, "ws") };
+const opts: LoadTrainConfigOptions = { env, cwd: join(dir, "elsewhere") };
+
+const TOML = `
+model = "base.safetensors"
+output_dir = "out"
+method = "lora"
+learning_rate = 1e-4
+resolution = 768
+seed = 42
+train_text_encoder = false
+
+[lora]
+rank = 16
+alpha = 8.0
+conv_rank = 4
+
+[[concepts]]
+instance_data_dir = "dog"
+instance_prompt = "photo of sks dog"
+class_data_dir = "class"
+class_prompt = "photo of a dog"
+num_class_images = 50
+
+[[concepts]]
+instance_data_dir = "cat"
+instance_prompt = ""
+repeats = 10
+caption_extension = ".caption"
+
+[save]
+every_n_steps = 100
+formats = ["lora", "ldm_safetensors"]
+
+[sample]
+every_n_steps = 50
+prompts = ["photo of sks dog", "sks dog on the beach"]
+sampler = "dpmpp_2m"
+`;
+
+const JSON_CONFIG = {
+  model: "base.safetensors",
+  output_dir: "out",
+  method: "lora",
+  learning_rate: 1e-4,
+  resolution: 768,
+  seed: 42,
+  train_text_encoder: false,
+  lora: { rank: 16, alpha: 8, conv_rank: 4 },
+  concepts: [
+    {
+      instance_data_dir: "dog",
+      instance_prompt: "photo of sks dog",
+      class_data_dir: "class",
+      class_prompt: "photo of a dog",
+      num_class_images: 50,
+    },
+    { instance_data_dir: "cat", instance_prompt: "", repeats: 10, caption_extension: ".caption" },
+  ],
+  save: { every_n_steps: 100, formats: ["lora", "ldm_safetensors"] },
+  sample: { every_n_steps: 50, prompts: ["photo of sks dog", "sks dog on the beach"], sampler: "dpmpp_2m" },
+};
+
+writeFileSync(join(sub, "cfg.toml"), TOML);
+writeFileSync(join(sub, "cfg.json"), JSON.stringify(JSON_CONFIG, null, 2));
+
+/** A minimal valid config object (paths relative to `sub`). */
+const minimal = (more: Record<string, unknown> = {}): Record<string, unknown> => ({
+  model: "base.safetensors",
+  output_dir: "out",
+  concepts: [{ instance_data_dir: "dog", instance_prompt: "photo of sks dog" }],
+  ...more,
+});
+
+const load = (src: Record<string, unknown> | string | undefined, overrides: string[] = []): TrainConfig =>
+  loadTrainConfig(src, overrides, { ...opts, baseDir: sub });
+
+function fails(fn: () => unknown, message: RegExp, field?: string): void {
+  assert.throws(
+    fn,
+    (e: unknown) => {
+      assert.ok(e instanceof ConfigError, `not a ConfigError: ${e}`);
+      assert.match(e.message, message);
+      if (field !== undefined) assert.equal(e.field, field);
+      return true;
+    },
+    `no error matching ${message}`,
+  );
+}
+
+test("JSON and TOML configs parse to the same object", () => {
+  const a = load(join(sub, "cfg.toml"));
+  const b = load(join(sub, "cfg.json"));
+  assert.deepEqual(a, b);
+  assert.equal(a.model, join(sub, "base.safetensors"));
+  assert.equal(a.concepts[0].class_data_dir, join(sub, "class"));
+  assert.equal(a.concepts[1].class_data_dir, null);
+  assert.equal(a.concepts[1].num_class_images, 0);
+  assert.equal(a.lora.alpha, 8);
+  assert.equal(a.lora.conv_alpha, 4);
+  assert.equal(a.lora.text_encoder, false);
+  assert.equal(a.use_lora, true);
+});
+
+test("defaults: SD1.5 Dreambooth, and LoRA's where they differ", () => {
+  const c = load(minimal());
+  const keys = configFields().map((f) => f.name.split(/[.[]/)[0]);
+  assert.deepEqual(Object.keys(c), [...new Set(keys)]);
+  assert.equal(c.method, "dreambooth");
+  assert.equal(c.use_lora, false);
+  assert.equal(c.learning_rate, 2e-6);
+  assert.equal(c.text_encoder_lr, 2e-6);
+  assert.equal(c.resolution, 512);
+  assert.equal(c.batch_size, 1);
+  assert.equal(c.epochs, 100);
+  assert.equal(c.max_steps, 0);
+  assert.equal(c.prior_loss_weight, 1);
+  assert.equal(c.optimizer, "adamw");
+  assert.equal(c.weight_decay, 0.01);
+  assert.equal(c.lr_scheduler, "constant");
+  assert.equal(c.mixed_precision, "no");
+  assert.equal(c.train_text_encoder, true);
+  assert.equal(c.max_grad_norm, 1);
+  assert.equal(c.clip_skip, 1);
+  assert.deepEqual(c.save.formats, ["ldm_safetensors"]);
+  assert.equal(c.sample.sampler, "euler_a");
+  assert.ok(Number.isInteger(c.seed) && c.seed >= 0 && c.seed < 2 ** 32);
+  assert.equal(c.sample.seed, c.seed);
+  assert.equal(c.workspace, join(dir, "ws"));
+  assert.equal(c.tokenizer, null);
+  assert.deepEqual(c.concepts[0], {
+    instance_data_dir: join(sub, "dog"),
+    instance_prompt: "photo of sks dog",
+    class_data_dir: null,
+    class_prompt: null,
+    num_class_images: 0,
+    repeats: 1,
+    caption_extension: ".txt",
+    shuffle_tags: false,
+    keep_tokens: 0,
+  });
+  assert.deepEqual(c.lora, {
+    rank: 4,
+    alpha: 4,
+    dropout: 0,
+    unet: true,
+    text_encoder: true,
+    conv_rank: 0,
+    conv_alpha: 0,
+  });
+  assert.deepEqual(c.bucketing, { enabled: false, min: 256, max: 1024, step: 64 });
+
+  const l = load(minimal({ method: "lora", optimizer: "sgd" }));
+  assert.equal(l.learning_rate, 1e-4);
+  assert.equal(l.use_lora, true);
+  assert.deepEqual(l.save.formats, ["lora"]);
+  assert.equal(l.weight_decay, 0);
+  // Dreambooth with use_lora is the same run.
+  const u = load(minimal({ use_lora: true }));
+  assert.equal(u.learning_rate, 1e-4);
+  assert.deepEqual(u.save.formats, ["lora"]);
+  // Class data brings 100 class images by default.
+  const k = load(
+    minimal({
+      concepts: [{ instance_data_dir: "dog", instance_prompt: "x", class_data_dir: "class", class_prompt: "dog" }],
+    }),
+  );
+  assert.equal(k.concepts[0].num_class_images, 100);
+});
+
+test("overrides: top-level, nested, booleans, lists, concepts, JSON, nulls", () => {
+  const c = load(join(sub, "cfg.toml"), [
+    "--learning_rate",
+    "5e-5",
+    "--resolution=512",
+    "--batch-size",
+    "2",
+    "--lora.rank",
+    "32",
+    "--lora.conv-rank=0",
+    "--save.every_n_steps",
+    "250",
+    "--gradient_checkpointing",
+    "--cache_latents",
+    "false",
+    "--sample.prompts",
+    "a red fox",
+    "--sample.prompts",
+    "a blue fox",
+    "--save.formats",
+    '["lora"]',
+    "--concepts.0.instance_prompt",
+    "photo of zwx dog",
+    "--concepts[1].repeats",
+    "3",
+    "--concepts.2.instance_data_dir",
+    "imgs",
+    "--concepts.2.instance_prompt",
+    "third",
+    "--concepts.0.class_data_dir",
+    "none",
+    "--concepts.0.class_prompt",
+    "none",
+    "--concepts.0.num_class_images",
+    "0",
+    "--prior_loss_weight",
+    "1",
+    "--bucketing",
+    '{"enabled": true, "min": 384}',
+  ]);
+  assert.equal(c.learning_rate, 5e-5);
+  assert.equal(c.text_encoder_lr, 5e-5);
+  assert.equal(c.resolution, 512);
+  assert.equal(c.batch_size, 2);
+  assert.equal(c.lora.rank, 32);
+  assert.equal(c.lora.alpha, 8); // still the file's
+  assert.equal(c.lora.conv_rank, 0);
+  assert.equal(c.save.every_n_steps, 250);
+  assert.equal(c.gradient_checkpointing, true);
+  assert.equal(c.cache_latents, false);
+  assert.deepEqual(c.sample.prompts, ["a red fox", "a blue fox"]);
+  assert.deepEqual(c.save.formats, ["lora"]);
+  assert.equal(c.concepts.length, 3);
+  assert.equal(c.concepts[0].instance_prompt, "photo of zwx dog");
+  assert.equal(c.concepts[0].class_data_dir, null);
+  assert.equal(c.concepts[1].repeats, 3);
+  // A path given by a flag is relative to the current folder, not the config's.
+  assert.equal(c.concepts[2].instance_data_dir, join(dir, "elsewhere", "imgs"));
+  assert.deepEqual(c.bucketing, { enabled: true, min: 384, max: 1024, step: 64 });
+
+  // The whole concepts list as JSON; a flag-only config; one value with '='.
+  const d = loadTrainConfig(
+    undefined,
+    [
+      "--model",
+      "../project/base.safetensors",
+      "--output_dir=out",
+      "--concepts",
+      '[{"instance_data_dir": "imgs", "instance_prompt": "sks"}]',
+      "--tokenizer",
+      "none",
+      "--method",
+      "lora",
+      "--lora",
+      '{"rank": 2}',
+    ],
+    opts,
+  );
+  assert.equal(d.model, join(sub, "base.safetensors"));
+  assert.equal(d.output_dir, join(dir, "elsewhere", "out"));
+  assert.equal(d.concepts[0].instance_data_dir, join(dir, "elsewhere", "imgs"));
+  assert.equal(d.lora.rank, 2);
+  assert.equal(d.lora.alpha, 2);
+});
+
+test("unknown fields are errors that name them and suggest the right one", () => {
+  const cases: [Record<string, unknown>, RegExp, string][] = [
+    [minimal({ learning_rat: 1e-5 }), /unknown field "learning_rat"; did you mean "learning_rate"\?/, "learning_rat"],
+    [minimal({ lora: { rnak: 4 } }), /unknown field "lora.rnak"; did you mean "lora.rank"\?/, "lora.rnak"],
+    [minimal({ rank: 4 }), /unknown field "rank"; did you mean "lora.rank"\?/, "rank"],
+    [
+      minimal({ network_dim: 8 }),
+      /unknown field "network_dim"; did you mean "lora.rank"\? \(network_dim is its name in other trainers\)/,
+      "network_dim",
+    ],
+    [minimal({ lora_rank: 8 }), /did you mean "lora.rank"\?/, "lora_rank"],
+    [
+      minimal({ concepts: [{ instance_data_dir: "dog", instance_promt: "x" }] }),
+      /unknown field "concepts\[0\].instance_promt"; did you mean "concepts\[\].instance_prompt"\?/,
+      "concepts[0].instance_promt",
+    ],
+    [minimal({ zzzzzz: 1 }), /unknown field "zzzzzz"$/, "zzzzzz"],
+    [minimal({ constructor: 1 }), /unknown field "constructor"$/, "constructor"],
+    [minimal({ optimizer: "constructor" }), /optimizer must be one of adamw, sgd, got "constructor"$/, "optimizer"],
+  ];
+  for (const [cfg, message, field] of cases) fails(() => load(cfg), message, field);
+  fails(
+    () => load(minimal(), ["--lora.rnak", "3"]),
+    /--lora.rnak: unknown field "lora.rnak"; did you mean "lora.rank"\?/,
+  );
+  fails(() => load(minimal(), ["--seed.x", "3"]), /seed is not a table/);
+  fails(() => load(minimal(), ["--concepts.5.repeats", "3"]), /"5" is not an index of concepts \(0…1; 1 adds one\)/);
+  fails(() => load(minimal(), ["stray"]), /unexpected argument 'stray'/);
+  // The file is named in the message.
+  writeFileSync(join(sub, "typo.toml"), 'model = "base.safetensors"\nouput_dir = "out"\n');
+  fails(() => load(join(sub, "typo.toml")), /typo\.toml: unknown field "ouput_dir"; did you mean "output_dir"\?/);
+});
+
+test("types and ranges: errors name the field and the value", () => {
+  const cases: [Record<string, unknown>, RegExp, string][] = [
+    [minimal({ learning_rate: 0 }), /learning_rate must be a number > 0 and <= 1, got 0/, "learning_rate"],
+    [minimal({ learning_rate: "2e-6" }), /learning_rate must be a number .*, got "2e-6"/, "learning_rate"],
+    [
+      minimal({ resolution: 500 }),
+      /resolution must be an integer >= 8 and <= 8192, a multiple of 8, got 500/,
+      "resolution",
+    ],
+    [minimal({ batch_size: 1.5 }), /batch_size must be an integer >= 1/, "batch_size"],
+    [
+      minimal({ optimizer: "adamw8bit" }),
+      /optimizer: "adamw8bit" is not available: 8-bit AdamW needs bitsandbytes/,
+      "optimizer",
+    ],
+    [minimal({ optimizer: "AdamW" }), /optimizer must be one of adamw, sgd, got "AdamW" \(adamw\?\)/, "optimizer"],
+    [minimal({ mixed_precision: "fp8" }), /mixed_precision must be one of no, fp16, bf16/, "mixed_precision"],
+    [minimal({ lr_scheduler: "cosine_annealing" }), /lr_scheduler must be one of linear, cosine/, "lr_scheduler"],
+    [
+      minimal({ save: { formats: ["ckpt"] } }),
+      /save.formats\[0\] must be one of ldm_safetensors, diffusers, lora/,
+      "save.formats[0]",
+    ],
+    [minimal({ save: { formats: [] } }), /save.formats must not be empty/, "save.formats"],
+    [
+      minimal({ save: { formats: ["diffusers", "diffusers"] } }),
+      /save.formats lists "diffusers" twice/,
+      "save.formats",
+    ],
+    [minimal({ save: 3 }), /save must be a table, got 3/, "save"],
+    [minimal({ concepts: { instance_data_dir: "dog" } }), /concepts must be a list of tables, got a table/, "concepts"],
+    [
+      minimal({ concepts: [{ instance_data_dir: "dog", instance_prompt: "x", caption_extension: "txt" }] }),
+      /caption_extension must be an extension starting with "."/,
+      "concepts[0].caption_extension",
+    ],
+    [minimal({ lora: { dropout: 1 } }), /lora.dropout must be a number >= 0 and < 1, got 1/, "lora.dropout"],
+    [minimal({ noise_offset: -0.1 }), /noise_offset must be a number >= 0 and <= 1/, "noise_offset"],
+    [minimal({ sample: { sampler: "plms" } }), /sample.sampler must be one of ddpm, ddim/, "sample.sampler"],
+    [minimal({ model: "" }), /model must be a path/, "model"],
+    [
+      minimal({ train_text_encoder: "yes" }),
+      /train_text_encoder must be true or false, got "yes"/,
+      "train_text_encoder",
+    ],
+    [minimal({ seed: null }), /seed must be an integer/, "seed"],
+  ];
+  for (const [cfg, message, field] of cases) fails(() => load(cfg), message, field);
+  const flags: [string[], RegExp][] = [
+    [["--epochs", "abc"], /--epochs must be an integer >= 1, got 'abc'/],
+    [["--epochs", "0"], /--epochs must be an integer >= 1, got 0/],
+    [["--cache_latents", "maybe"], /--cache_latents must be true or false, got 'maybe'/],
+    [["--lora.rank"], /--lora.rank needs a value/],
+    [["--save.formats", "[lora"], /--save.formats: not valid JSON/],
+    [["--concepts", '[{"instance_data_dir": 3}]'], /--concepts: concepts\[0\].instance_data_dir must be a path/],
+    [["--optimizer", "adamw8bit"], /--optimizer: "adamw8bit" is not available/],
+  ];
+  for (const [argv, message] of flags) fails(() => load(minimal(), argv), message);
+  writeFileSync(join(sub, "date.toml"), 'model = 1979-05-27\noutput_dir = "out"\n');
+  fails(() => load(join(sub, "date.toml")), /date\.toml: model must be a path .*, got a date/, "model");
+});
+
+test("required fields, and files that cannot be read", () => {
+  fails(
+    () => load({ output_dir: "o", concepts: [{ instance_data_dir: "dog", instance_prompt: "" }] }),
+    /model is required/,
+    "model",
+  );
+  fails(
+    () => load({ model: "base.safetensors", concepts: minimal().concepts }),
+    /output_dir is required/,
+    "output_dir",
+  );
+  fails(
+    () => load({ model: "base.safetensors", output_dir: "o" }),
+    /concepts is required: at least one entry/,
+    "concepts",
+  );
+  fails(() => load(minimal({ concepts: [{ instance_data_dir: "dog" }] })), /concepts\[0\].instance_prompt is required/);
+  fails(() => load(join(sub, "none.toml")), /none\.toml: no such file/);
+  writeFileSync(join(sub, "cfg.yaml"), "model: x");
+  fails(() => load(join(sub, "cfg.yaml")), /must be \.json or \.toml/);
+  writeFileSync(join(sub, "bad.toml"), "model = \n");
+  fails(() => load(join(sub, "bad.toml")), /bad\.toml: not valid TOML/);
+  writeFileSync(join(sub, "bad.json"), "{ model: 1 }");
+  fails(() => load(join(sub, "bad.json")), /bad\.json: not valid JSON/);
+  writeFileSync(join(sub, "list.json"), "[1, 2]");
+  fails(() => load(join(sub, "list.json")), /the config must be a table/);
+});
+
+test("relative paths resolve against the config file's folder; ~ is the home folder", () => {
+  writeFileSync(
+    join(sub, "paths.toml"),
+    'model = "base.safetensors"\noutput_dir = "../runs/a"\ntokenizer = "~/tok"\n[[concepts]]\ninstance_data_dir = "dog"\ninstance_prompt = "x"\n',
+  );
+  const c = loadTrainConfig(join(sub, "paths.toml"), [], { ...opts, checkFiles: false });
+  assert.equal(c.output_dir, join(dir, "runs", "a"));
+  assert.equal(c.model, join(sub, "base.safetensors"));
+  assert.equal(c.tokenizer, join(homedir(), "tok"));
+  assert.equal(c.concepts[0].instance_data_dir, join(sub, "dog"));
+  // The same file named relative to the current folder.
+  const d = loadTrainConfig("../project/paths.toml", ["--tokenizer", "none"], opts);
+  assert.equal(d.output_dir, join(dir, "runs", "a"));
+});
+
+test("cross-field checks", () => {
+  const concept = (more: Record<string, unknown>) => ({
+    concepts: [{ instance_data_dir: "dog", instance_prompt: "x", ...more }],
+  });
+  const cases: [Record<string, unknown>, RegExp, string][] = [
+    [
+      minimal(concept({ class_data_dir: "class" })),
+      /concepts\[0\].class_data_dir is set without concepts\[0\].class_prompt/,
+      "concepts[0].class_prompt",
+    ],
+    [
+      minimal(concept({ class_prompt: "dog" })),
+      /concepts\[0\].class_prompt is set without concepts\[0\].class_data_dir/,
+      "concepts[0].class_data_dir",
+    ],
+    [
+      minimal(concept({ num_class_images: 200 })),
+      /num_class_images is 200 but concepts\[0\] has no class_data_dir/,
+      "concepts[0].num_class_images",
+    ],
+    [
+      minimal({ prior_loss_weight: 0.5 }),
+      /prior_loss_weight is 0.5 but no concept has class_data_dir/,
+      "prior_loss_weight",
+    ],
+    [minimal({ save: { formats: ["lora"] } }), /save.formats has "lora" but no LoRA is trained/, "save.formats"],
+    [minimal({ method: "lora", use_lora: false }), /use_lora is false but method is lora/, "use_lora"],
+    [minimal({ lora: { rank: 8 } }), /lora.rank is set to 8 but has no effect: no LoRA is trained/, "lora.rank"],
+    [
+      minimal({ method: "lora", train_text_encoder: false, lora: { text_encoder: true } }),
+      /lora.text_encoder is true but train_text_encoder is false/,
+      "lora.text_encoder",
+    ],
+    [minimal({ method: "lora", lora: { unet: false, text_encoder: false } }), /nothing to train/, "lora.unet"],
+    [
+      minimal({ method: "lora", lora: { conv_rank: 4, conv_alpha: 0 } }),
+      /lora.conv_alpha must be > 0/,
+      "lora.conv_alpha",
+    ],
+    [
+      minimal({ train_text_encoder: false, text_encoder_lr: 1e-5 }),
+      /text_encoder_lr is set to 0.00001 but has no effect/,
+      "text_encoder_lr",
+    ],
+    [
+      minimal({ sample: { every_n_steps: 10 } }),
+      /sample.every_n_steps is 10 but sample.prompts is empty/,
+      "sample.prompts",
+    ],
+    [minimal({ lr_scheduler: "piecewise_constant" }), /needs lr_step_rules/, "lr_step_rules"],
+    [
+      minimal({ lr_scheduler: "piecewise_constant", lr_step_rules: "1:x" }),
+      /lr_step_rules: .*bad rule/,
+      "lr_step_rules",
+    ],
+    [
+      minimal({ lr_step_rules: "1:10,0.1" }),
+      /lr_step_rules is set .* no effect: lr_scheduler is constant/,
+      "lr_step_rules",
+    ],
+    [minimal({ lr_scheduler_power: 2 }), /lr_scheduler_power .* no effect/, "lr_scheduler_power"],
+    [
+      minimal({ bucketing: { enabled: true, min: 1024, max: 512 } }),
+      /bucketing.min \(1024\) is larger than bucketing.max/,
+      "bucketing.min",
+    ],
+    [
+      minimal({ bucketing: { enabled: true, min: 264 } }),
+      /bucketing.min \(264\) is not a multiple of bucketing.step/,
+      "bucketing.min",
+    ],
+    [
+      minimal({ resolution: 128, bucketing: { enabled: true } }),
+      /resolution 128 is outside bucketing.min…max/,
+      "resolution",
+    ],
+  ];
+  for (const [cfg, message, field] of cases) fails(() => load(cfg), message, field);
+  // Allowed: prior_loss_weight 1 (kohya configs carry it) without classes; a LoRA run saving the merged model.
+  assert.equal(load(minimal({ prior_loss_weight: 1 })).prior_loss_weight, 1);
+  const merged = load(minimal({ method: "lora", save: { formats: ["lora", "ldm_safetensors", "diffusers"] } }));
+  assert.deepEqual(merged.save.formats, ["lora", "ldm_safetensors", "diffusers"]);
+  // LoRA: lora.text_encoder and train_text_encoder are one switch.
+  assert.equal(load(minimal({ method: "lora", lora: { text_encoder: false } })).train_text_encoder, false);
+  assert.equal(load(minimal({ method: "lora", train_text_encoder: false })).lora.text_encoder, false);
+  const cos = load(minimal({ lr_scheduler: "cosine_with_restarts", lr_scheduler_num_cycles: 3, lr_warmup_steps: 10 }));
+  assert.equal(cos.lr_scheduler_num_cycles, 3);
+});
+
+test("files: the model, instance folders and tokenizer must exist (unless checkFiles is false)", () => {
+  fails(
+    () => load(minimal({ model: "missing.safetensors" })),
+    /model: .*missing\.safetensors: no such file or folder/,
+    "model",
+  );
+  fails(
+    () => load(minimal({ model: "sd15" })),
+    /"sd15" is neither a model in the workspace .* \(it has no models\)/,
+    "model",
+  );
+  fails(
+    () => load(minimal({ concepts: [{ instance_data_dir: "nope", instance_prompt: "x" }] })),
+    /concepts\[0\].instance_data_dir: .*nope: no such folder/,
+    "concepts[0].instance_data_dir",
+  );
+  fails(
+    () => load(minimal({ concepts: [{ instance_data_dir: "base.safetensors", instance_prompt: "x" }] })),
+    /not a folder/,
+  );
+  fails(() => load(minimal({ tokenizer: "tok" })), /tokenizer: .*tok: no such folder/, "tokenizer");
+  fails(() => load(minimal({ output_dir: "base.safetensors" })), /output_dir: .* is a file/, "output_dir");
+  const c = loadTrainConfig(
+    minimal({ model: "sd15", concepts: [{ instance_data_dir: "nope", instance_prompt: "x" }] }),
+    [],
+    {
+      ...opts,
+      baseDir: sub,
+      checkFiles: false,
+    },
+  );
+  assert.equal(c.model, join(sub, "sd15"));
+});
+
+test("a workspace model name resolves to its weights, and brings its scheduler to sampling", () => {
+  const model = join(dir, "ws", "mine");
+  mkdirSync(join(model, "weights"), { recursive: true });
+  writeFileSync(join(model, "weights", "model_index.json"), "{}");
+  writeFileSync(
+    join(model, "model.json"),
+    JSON.stringify({ atelier_model: 1, name: "mine", scheduler: "dpmpp_2m", weights: { folder: "weights" } }),
+  );
+  const c = load(minimal({ model: "mine" }));
+  assert.equal(c.model, join(model, "weights"));
+  assert.equal(c.sample.sampler, "dpmpp_2m");
+  fails(() => load(minimal({ model: "mien" })), /"mien" is neither a model in the workspace .* \(its models: mine\)/);
+});
+
+test("the resolved config written as JSON loads back to the same config", () => {
+  for (const src of [minimal(), join(sub, "cfg.toml"), minimal({ use_lora: true, train_text_encoder: false })]) {
+    const c = load(src);
+    const path = writeResolvedConfig(c, join(dir, "resolved.json"));
+    assert.equal(readFileSync(path, "utf8"), `${JSON.stringify(c, null, 2)}\n`);
+    assert.deepEqual(loadTrainConfig(path, [], opts), c);
+  }
+  const c = load(minimal({ output_dir: "run1" }));
+  const written = writeResolvedConfig(c);
+  assert.equal(written, join(sub, "run1", "config.json"));
+});
+
+test("describeConfig lists every field with its default; check-config prints the resolved config", async () => {
+  const text = describeConfig();
+  for (const f of configFields()) assert.ok(text.includes(f.name), f.name);
+  assert.match(
+    text,
+    /learning_rate\s+learning rate .*\n\s+number > 0, <= 1; default 2e-6 \(dreambooth\), 1e-4 when training LoRA/,
+  );
+  assert.match(text, /concepts\[\]\.instance_data_dir/);
+
+  const out: string[] = [];
+  const err: string[] = [];
+  const [write, error, log] = [process.stdout.write, console.error, console.log];
+  process.stdout.write = ((s: string) => out.push(s) > 0) as typeof process.stdout.write;
+  console.error = (...a: unknown[]) => err.push(a.join(" "));
+  console.log = (...a: unknown[]) => out.push(a.join(" "));
+  const saved = process.env.ATELIER_WORKSPACE;
+  process.env.ATELIER_WORKSPACE = join(dir, "ws");
+  try {
+    assert.equal(await run(["check-config", join(sub, "cfg.toml"), "--lora.rank", "8"]), 0, err.join("\n"));
+    const printed = JSON.parse(out.join(""));
+    assert.equal(printed.lora.rank, 8);
+    assert.equal(printed.seed, 42);
+    out.length = 0;
+    assert.equal(await run(["check-config", join(sub, "cfg.toml"), "--lora.rnak", "8"]), 2);
+    assert.match(err.join("\n"), /did you mean "lora.rank"/);
+    assert.equal(await run(["check-config", "--help"]), 0);
+    assert.match(out.join("\n"), /Training config fields/);
+  } finally {
+    [process.stdout.write, console.error, console.log] = [write, error, log];
+    if (saved === undefined) delete process.env.ATELIER_WORKSPACE;
+    else process.env.ATELIER_WORKSPACE = saved;
+  }
+});
