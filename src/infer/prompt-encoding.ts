@@ -5,7 +5,7 @@
 // weighted pieces are tokenized, packed into 75-token chunks (BREAK and the
 // comma backtrack decide where a chunk ends), each chunk is encoded as
 // BOS + 75 + EOS, the emphasis is applied, and the chunks are concatenated.
-import { cat, scope, type Tensor, tensor } from "../engine/index.js";
+import { all, cat, scope, type Tensor, tensor } from "../engine/index.js";
 import type { ClipTextModel } from "../models/clip/text-encoder.js";
 import type { ClipTokenizer } from "../models/clip/tokenizer.js";
 import { parsePromptAttention, type WeightedText } from "./prompt-parser.js";
@@ -110,6 +110,8 @@ export interface EncodePromptOptions extends TokenizePromptOptions {
  */
 export function applyEmphasis(z: Tensor, multipliers: Tensor, mode: EmphasisMode = "original"): Tensor {
   if (mode === "ignore" || mode === "none") return z;
+  // All weights 1 leave z as it is; skipping also avoids 0/0 when z's mean is exactly 0.
+  if (scope(() => all(multipliers.eq(1)).item()) === 1) return z.clone();
   return scope(() => {
     const weighted = z.mul(multipliers.to(z.dtype).unsqueeze(-1));
     if (mode === "no-norm") return weighted;
