@@ -88,11 +88,12 @@ export async function train(config: TrainConfig, o: TrainOptions = {}): Promise<
   let method: TrainingMethod | undefined;
   let dataset: Dataset | undefined;
   let optimizer: Optimizer<GroupHyper> | undefined;
+  let textCache: TextEmbeddingCache | undefined;
   try {
     await prepareClassImages(c, model, log);
     method = c.method === "lora" || c.use_lora ? new LoraMethod(model, c, noiseGen) : new DreamboothMethod(model, c);
     if (c.gradient_checkpointing) log("gradient_checkpointing is not implemented yet: training without it");
-    const textCache = method.trainsTextEncoder
+    textCache = method.trainsTextEncoder
       ? undefined
       : new TextEmbeddingCache({
           textEncoder: model.textEncoder,
@@ -301,6 +302,7 @@ export async function train(config: TrainConfig, o: TrainOptions = {}): Promise<
   } finally {
     optimizer?.dispose();
     dataset?.dispose();
+    textCache?.dispose();
     method?.dispose();
     noiseGen.dispose();
     disposeStableDiffusion(model);
