@@ -29,6 +29,7 @@ export function generate(argv: string[]): number {
       device: { type: "string" },
       out: { type: "string" },
       "save-latent": { type: "string" },
+      "lora-dir": { type: "string", multiple: true },
     },
     { min: 0, max: 0, names: "only flags" },
   );
@@ -46,6 +47,8 @@ export function generate(argv: string[]): number {
     height: num(values, "height", { integer: true, min: 8 }),
     batch: num(values, "batch", { integer: true, min: 1, max: 64 }),
     clipSkip: num(values, "clip-skip", { integer: true, min: 1 }),
+    // <lora:NAME:…> tags in the prompts are applied from these folders (A1111's models/Lora)
+    loraDirs: (values["lora-dir"] as unknown as string[] | undefined) ?? [],
   };
   const out = str(values, "out") ?? "atelier.png";
   const model = loadStableDiffusion(modelPath, {

@@ -4,11 +4,13 @@
 // sampler's init sigma; classifier-free guidance over [uncond, cond]; the
 // sampler's steps; the VAE decode. Prompts are encoded the A1111 way
 // (emphasis, BREAK, 75-token chunks, clip skip): src/infer/prompt-encoding.ts.
+import { type AppliedLoras, applyLoraTags } from "../adapters/prompt-loras.js";
 import { cat, Generator, keep, noGrad, randn, round, scope, type Tensor } from "../engine/index.js";
 import type { StableDiffusion } from "../models/stable-diffusion.js";
 import type { AutoencoderKL } from "../models/vae/vae.js";
 import { createSampler } from "../schedulers/index.js";
 import { encodePrompts } from "./prompt-encoding.js";
+import { extractNetworks } from "./prompt-parser.js";
 
 export type { StableDiffusion };
 
@@ -23,6 +25,12 @@ export interface Txt2ImgOptions {
   height?: number;
   batch?: number;
   clipSkip?: number;
+  /**
+   * Folders holding LoRA files (A1111's models/Lora). When given, the
+   * prompts' <lora:NAME:te:unet> tags are taken out of the text and those
+   * LoRAs are applied for this call; without it the prompts are used as written.
+   */
+  loraDirs?: readonly string[];
   /** Called after each step with (step index, total). */
   onStep?: (i: number, total: number) => void;
 }
@@ -33,7 +41,7 @@ export interface Txt2ImgResult {
   /** Images [B, 3, H, W] in [0, 1], float32 on the CPU. */
   images: Tensor;
   /** The settings used, with defaults filled in. */
-  settings: Required<Omit<Txt2ImgOptions, "onStep">>;
+  settings: Required<Omit<Txt2ImgOptions, "onStep" | "loraDirs">>;
 }
 
 /** The VAE's downsampling factor (8 for SD; 2^(levels−1) in general). */
@@ -80,11 +88,39 @@ export function resolveTxt2Img(model: StableDiffusion, o: Txt2ImgOptions): Txt2I
   return s;
 }
 
+/**
+ * Takes the <lora:…> tags out of the prompts and attaches those LoRAs to the
+ * model (bypass mode); remove() restores the model.
+ */
+export function applyPromptNetworks(
+  model: StableDiffusion,
+  prompts: readonly string[],
+  o: { loraDirs: readonly string[] },
+): AppliedLoras & { prompts: string[] } {
+  const parsed = prompts.map((p) => extractNetworks(p));
+  const applied = applyLoraTags(
+    model,
+    parsed.flatMap((p) => p.networks),
+    o,
+  );
+  return { ...applied, prompts: parsed.map((p) => p.prompt) };
+}
+
 /** Generates images; the returned tensors are the caller's to dispose. */
 export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResult {
   const settings = resolveTxt2Img(model, o);
   const { batch, cfg, steps } = settings;
-  const sampler = createSampler(settings.sampler, model.scheduler);
+  const loras = o.loraDirs
+    ? applyPromptNetworks(model, [settings.prompt, settings.negative], { loraDirs: o.loraDirs })
+    : null;
+  const [prompt, negative] = loras ? loras.prompts : [settings.prompt, settings.negative];
+  let sampler: ReturnType<typeof createSampler>;
+  try {
+    sampler = createSampler(settings.sampler, model.scheduler);
+  } catch (e) {
+    loras?.remove();
+    throw e;
+  }
   const scale = latentScale(model.vae);
   const dtype = model.unet.parameters()[0].dtype;
   try {
@@ -92,8 +128,8 @@ export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResul
       scope(() => {
         const guided = cfg !== 1;
         const prompts = guided
-          ? [...Array(batch).fill(settings.negative), ...Array(batch).fill(settings.prompt)]
-          : Array(batch).fill(settings.prompt);
+          ? [...Array(batch).fill(negative), ...Array(batch).fill(prompt)]
+          : Array(batch).fill(prompt);
         const context = encodePrompts(model.textEncoder, model.tokenizer, prompts, {
           clipSkip: settings.clipSkip,
           padId: model.kind === "sd2" ? 0 : undefined,
@@ -132,6 +168,7 @@ export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResul
     );
   } finally {
     sampler.dispose();
+    loras?.remove();
   }
 }
 

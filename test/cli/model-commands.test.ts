@@ -1,12 +1,13 @@
 // atelier generate / convert / inspect end to end on a tiny checkpoint that the
 // test writes itself, plus bad input: every failure names its cause.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { injectLora, saveLora } from "../../src/adapters/network.js";
 import { run } from "../../src/cli/main.js";
-import { Generator } from "../../src/engine/index.js";
+import { Generator, noGrad, normal_ } from "../../src/engine/index.js";
 import { saveCheckpoint } from "../../src/formats/checkpoint.js";
 import { readPngText } from "../../src/formats/png.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
@@ -137,6 +138,72 @@ test("generate: bad flags and files are refused with a message naming them", asy
     assert.notEqual(r.code, 0, argv.join(" "));
     assert.match(r.err, message, argv.join(" "));
   }
+});
+
+test("generate --lora-dir (repeatable): <lora:NAME:w> applies the LoRA; a missing name lists where it looked", async () => {
+  const loras = join(dir, "loras");
+  const empty = join(dir, "no-loras");
+  mkdirSync(loras, { recursive: true });
+  mkdirSync(empty, { recursive: true });
+  // a LoRA for the tiny model's layers, with nonzero up factors
+  const g = new Generator(21);
+  const unet = new UNet2DConditionModel("tiny", { generator: g });
+  const textEncoder = new ClipTextModel(
+    {
+      vocabSize: 49408,
+      hiddenSize: 32,
+      intermediateSize: 37,
+      numLayers: 2,
+      numHeads: 4,
+      maxPositions: 77,
+      hiddenAct: "quick_gelu",
+      layerNormEps: 1e-5,
+    },
+    { generator: g },
+  );
+  const net = injectLora({ unet, textEncoder }, { rank: 4, convRank: 2, generator: g });
+  noGrad(() => {
+    for (const [k, t] of net.stateDict()) if (k.endsWith("lora_up.weight")) normal_(t, 0, 0.3, g);
+  });
+  saveLora(join(loras, "shiny.safetensors"), net);
+  net.remove();
+  unet.dispose();
+  textEncoder.dispose();
+  g.dispose();
+
+  const withLora = (name: string, tag: string, ...more: string[]) =>
+    cli(
+      "generate",
+      "--model",
+      ckpt,
+      "--tokenizer",
+      tokenizer,
+      "--prompt",
+      `a red star ${tag}`,
+      "--steps",
+      "2",
+      "--seed",
+      "3",
+      "--width",
+      "16",
+      "--height",
+      "16",
+      "--out",
+      join(dir, `${name}.png`),
+      "--save-latent",
+      join(dir, `${name}.safetensors`),
+      ...more,
+    );
+  const plain = await withLora("lora-off", "");
+  const on = await withLora("lora-on", "<lora:shiny:1>", "--lora-dir", empty, "--lora-dir", loras);
+  const zero = await withLora("lora-zero", "<lora:shiny:0>", "--lora-dir", loras);
+  assert.equal(plain.code + on.code + zero.code, 0, on.err);
+  assert.notDeepEqual(latent(join(dir, "lora-on.safetensors")), latent(join(dir, "lora-off.safetensors")));
+  assert.deepEqual(latent(join(dir, "lora-zero.safetensors")), latent(join(dir, "lora-off.safetensors")));
+  assert.match(readPngText(readFileSync(join(dir, "lora-on.png"))).parameters, /^a red star <lora:shiny:1>\n/);
+  const missing = await withLora("lora-missing", "<lora:nope:0.5>", "--lora-dir", loras);
+  assert.notEqual(missing.code, 0);
+  assert.match(missing.err, /LoRA 'nope' not found: looked for nope\{\.safetensors,\.pt,\.ckpt,\.bin\} in .*loras/);
 });
 
 test("convert: LDM → diffusers → LDM keeps every weight; fp16 halves it", async () => {
