@@ -214,3 +214,50 @@ test("a corrupt image is skipped and named in a warning; a folder with none usab
     /no usable image|empty/i,
   );
 });
+
+test("LoRA: method lora and Dreambooth with use_lora write the same kind of kohya file; a merged checkpoint too", async () => {
+  const lora = await train(
+    config("lora", { method: "lora", max_steps: 3, learning_rate: 1e-3, save: { formats: ["lora"], state: false } }),
+    quiet,
+  );
+  const dbLora = await train(
+    config("db-lora", {
+      use_lora: true,
+      max_steps: 3,
+      learning_rate: 1e-3,
+      save: { formats: ["lora", "ldm_safetensors"], state: false },
+    }),
+    quiet,
+  );
+  const a = loadSafetensors(join(lora.outputDir, "lora.safetensors"));
+  const b = loadSafetensors(join(dbLora.outputDir, "lora.safetensors"));
+  try {
+    const keys = [...a.tensors.keys()].sort();
+    assert.deepEqual([...b.tensors.keys()].sort(), keys);
+    assert.ok(
+      keys.length > 0 &&
+        keys.every((k) => /^lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$/.test(k)),
+    );
+    for (const md of [a.metadata, b.metadata]) {
+      assert.equal(md.ss_network_module, "networks.lora");
+      assert.equal(md.ss_base_model_version, "sd_v1");
+      assert.equal(md.ss_steps, "3");
+    }
+    const ups = [...a.tensors].filter(([k]) => k.endsWith("lora_up.weight"));
+    assert.ok(
+      scope(() => ups.some(([, t]) => t.abs().max().item() > 0)),
+      "training moved the zero-initialised up weights",
+    );
+  } finally {
+    for (const f of [a, b]) for (const t of f.tensors.values()) t.dispose();
+  }
+  const merged = loadSafetensors(join(dbLora.outputDir, "lora-merged.safetensors")).tensors;
+  const base = loadSafetensors(ckpt).tensors;
+  try {
+    assert.deepEqual([...merged.keys()].sort(), [...base.keys()].sort());
+    const k = [...merged.keys()].find((x) => x.includes("attn1.to_q.weight"))!;
+    assert.notDeepEqual(merged.get(k)!.toArray(), base.get(k)!.toArray(), "the LoRA is merged into the saved weights");
+  } finally {
+    for (const m of [merged, base]) for (const t of m.values()) t.dispose();
+  }
+});
