@@ -8,13 +8,12 @@ import { after, before, test } from "node:test";
 import { injectLora, saveLora } from "../../src/adapters/network.js";
 import { run } from "../../src/cli/main.js";
 import { Generator, noGrad, normal_ } from "../../src/engine/index.js";
-import { saveCheckpoint } from "../../src/formats/checkpoint.js";
 import { readPngText } from "../../src/formats/png.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { ClipTextModel } from "../../src/models/clip/index.js";
 import { UNet2DConditionModel } from "../../src/models/unet/index.js";
-import { AutoencoderKL } from "../../src/models/vae/index.js";
 import { checkLeaks, sharedFixture } from "../helpers.js";
+import { writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
@@ -22,29 +21,7 @@ const dir = mkdtempSync(join(tmpdir(), "atelier-cli-"));
 const ckpt = join(dir, "tiny.safetensors");
 const tokenizer = sharedFixture("tokenizer");
 
-before(() => {
-  const g = new Generator(5);
-  const unet = new UNet2DConditionModel("tiny", { generator: g });
-  const vae = new AutoencoderKL("tiny", { generator: g });
-  const te = new ClipTextModel(
-    {
-      vocabSize: 49408,
-      hiddenSize: 32,
-      intermediateSize: 37,
-      numLayers: 2,
-      numHeads: 4,
-      maxPositions: 77,
-      hiddenAct: "quick_gelu",
-      layerNormEps: 1e-5,
-    },
-    { generator: g },
-  );
-  g.dispose();
-  saveCheckpoint({ unet: unet.stateDict(), vae: vae.stateDict(), textEncoder: te.stateDict() }, ckpt, {
-    layout: "ldm",
-  });
-  for (const m of [unet, vae, te]) m.dispose();
-});
+before(() => writeTinyCheckpoint(ckpt, 5));
 
 /** Runs the CLI in-process, capturing what it prints. */
 async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {

@@ -2,46 +2,14 @@
 // settings checked, nothing leaked.
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
-import { Generator, scope } from "../../src/engine/index.js";
-import { type StableDiffusion, toRgbBytes, txt2img } from "../../src/infer/txt2img.js";
-import { ClipTextModel, ClipTokenizer } from "../../src/models/clip/index.js";
-import { UNet2DConditionModel } from "../../src/models/unet/index.js";
-import { AutoencoderKL } from "../../src/models/vae/index.js";
-import { SD15_SCHEDULER_CONFIG } from "../../src/schedulers/index.js";
-import { checkLeaks, sharedFixture } from "../helpers.js";
+import { scope } from "../../src/engine/index.js";
+import { toRgbBytes, txt2img } from "../../src/infer/txt2img.js";
+import { checkLeaks } from "../helpers.js";
+import { tinyStableDiffusion } from "../tiny-model.js";
 
 checkLeaks();
 
-function tinyModel(): StableDiffusion {
-  const generator = new Generator(3);
-  const init = { generator };
-  const model: StableDiffusion = {
-    unet: new UNet2DConditionModel("tiny", init).eval(),
-    vae: new AutoencoderKL("tiny", init).eval(),
-    textEncoder: new ClipTextModel(
-      {
-        vocabSize: 49408,
-        hiddenSize: 32,
-        intermediateSize: 37,
-        numLayers: 2,
-        numHeads: 4,
-        maxPositions: 77,
-        hiddenAct: "quick_gelu",
-        layerNormEps: 1e-5,
-      },
-      init,
-    ).eval(),
-    tokenizer: ClipTokenizer.fromDir(sharedFixture("tokenizer")),
-    scheduler: SD15_SCHEDULER_CONFIG,
-    kind: "sd1",
-    device: "cpu",
-    name: "tiny",
-  };
-  generator.dispose();
-  return model;
-}
-
-const model = tinyModel();
+const model = tinyStableDiffusion(3);
 after(() => {
   model.unet.dispose();
   model.vae.dispose();

@@ -7,18 +7,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { Generator, noGrad, randn, scope, tensor } from "../../src/engine/index.js";
-import { saveCheckpoint } from "../../src/formats/checkpoint.js";
 import { encodePng } from "../../src/formats/png.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { encodePrompts } from "../../src/infer/prompt-encoding.js";
-import { ClipTextModel } from "../../src/models/clip/index.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../../src/models/stable-diffusion.js";
-import { UNet2DConditionModel } from "../../src/models/unet/index.js";
-import { AutoencoderKL } from "../../src/models/vae/index.js";
 import { NoiseSchedule } from "../../src/schedulers/index.js";
 import { loadTrainConfig } from "../../src/train/config.js";
 import { train } from "../../src/train/trainer.js";
 import { checkLeaks, sharedFixture } from "../helpers.js";
+import { writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
@@ -41,27 +38,7 @@ function squareImage(fg: number[], bg: number[], offset: number): Buffer {
 }
 
 before(() => {
-  const g = new Generator(5);
-  const unet = new UNet2DConditionModel("tiny", { generator: g });
-  const vae = new AutoencoderKL("tiny", { generator: g });
-  const te = new ClipTextModel(
-    {
-      vocabSize: 49408,
-      hiddenSize: 32,
-      intermediateSize: 37,
-      numLayers: 2,
-      numHeads: 4,
-      maxPositions: 77,
-      hiddenAct: "quick_gelu",
-      layerNormEps: 1e-5,
-    },
-    { generator: g },
-  );
-  g.dispose();
-  saveCheckpoint({ unet: unet.stateDict(), vae: vae.stateDict(), textEncoder: te.stateDict() }, ckpt, {
-    layout: "ldm",
-  });
-  for (const m of [unet, vae, te]) m.dispose();
+  writeTinyCheckpoint(ckpt, 5);
   mkdirSync(instanceDir);
   for (let i = 0; i < 4; i++)
     writeFileSync(join(instanceDir, `img${i}.png`), squareImage([250, 220, 0], [200, 20, 20], i));

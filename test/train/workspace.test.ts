@@ -9,12 +9,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { run } from "../../src/cli/main.js";
-import { disposeAll, Generator } from "../../src/engine/index.js";
-import { loadCheckpoint, saveCheckpoint } from "../../src/formats/checkpoint.js";
-import { ClipTextModel } from "../../src/models/clip/index.js";
+import { disposeAll } from "../../src/engine/index.js";
+import { loadCheckpoint } from "../../src/formats/checkpoint.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../../src/models/stable-diffusion.js";
-import { UNet2DConditionModel } from "../../src/models/unet/index.js";
-import { AutoencoderKL } from "../../src/models/vae/index.js";
 import { loadTrainConfig } from "../../src/train/config.js";
 import {
   checkModelName,
@@ -26,6 +23,7 @@ import {
   WorkspaceError,
 } from "../../src/train/workspace.js";
 import { checkLeaks, sharedFixture } from "../helpers.js";
+import { writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
@@ -34,30 +32,7 @@ const ckpt = join(dir, "tiny.safetensors");
 const ws = join(dir, "workspace");
 const tokenizer = sharedFixture("tokenizer");
 
-before(() => {
-  const g = new Generator(11);
-  const unet = new UNet2DConditionModel("tiny", { generator: g });
-  const vae = new AutoencoderKL("tiny", { generator: g });
-  const te = new ClipTextModel(
-    {
-      vocabSize: 49408,
-      hiddenSize: 32,
-      intermediateSize: 37,
-      numLayers: 2,
-      numHeads: 4,
-      maxPositions: 77,
-      hiddenAct: "quick_gelu",
-      layerNormEps: 1e-5,
-    },
-    { generator: g },
-  );
-  g.dispose();
-  saveCheckpoint({ unet: unet.stateDict(), vae: vae.stateDict(), textEncoder: te.stateDict() }, ckpt, {
-    layout: "ldm",
-    dtype: "float16",
-  });
-  for (const m of [unet, vae, te]) m.dispose();
-});
+before(() => writeTinyCheckpoint(ckpt, 11, "float16"));
 
 /** Every tensor of two checkpoints, compared by diffusers key. */
 function sameWeights(a: string, b: string): void {
