@@ -73,10 +73,18 @@ export function scope<T>(fn: () => T): T {
     release(frame, new Set());
     throw new Error("scope(fn): fn returned a Promise; use scopeAsync for asynchronous work");
   }
+  if (frame.length === 0) return result; // nothing made: nothing to free (the common tiny scope)
+  release(frame, survivorsOf(result));
+  return result;
+}
+
+/** The tensors a scope's result holds; a primitive or a lone tensor skips the walk. */
+function survivorsOf(result: unknown): Set<Owned> {
+  if (typeof result !== "object" || result === null) return new Set();
+  if (isOwned(result)) return new Set([result]);
   const survivors = new Set<Owned>();
   collect(result, survivors, new Set());
-  release(frame, survivors);
-  return result;
+  return survivors;
 }
 
 /**

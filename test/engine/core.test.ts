@@ -197,7 +197,7 @@ test("torch errors become JS errors with torch's message, never a crash", () => 
     assert.throws(() => E.reshape(E.zeros([6]), [4]), /invalid for input of size 6/);
     assert.throws(() => E.zeros([1.5]), /non-negative integers/);
     assert.throws(() => E.defOp("aten::no_such_op").t(), /has no operator aten::no_such_op/);
-    assert.throws(() => E.defOp("aten::add.Tensor").t(1.5), /self: expected a tensor/);
+    assert.throws(() => E.defOp("aten::add.Tensor").t(1.5), /argument 'self' expects a tensor/);
     assert.throws(() => E.interpolate(E.zeros([1, 1, 2, 2]), {}), /exactly one of size and scaleFactor/);
   });
 });
