@@ -6,32 +6,19 @@
 // exactly the batches it would have seen. The generator is sfc32 (Chris
 // Doty-Humphrey's Small Fast Counting RNG, PractRand-clean).
 import { createHash } from "node:crypto";
+import { Sfc32 } from "../../engine/sfc32.js";
 
 export class Rng {
-  #a: number;
-  #b: number;
-  #c: number;
-  #d: number;
+  readonly #g: Sfc32;
 
   /** A stream named by its parts (numbers and strings), e.g. `new Rng(seed, epoch, "order")`. */
   constructor(...parts: (number | string)[]) {
     const h = createHash("sha256").update(JSON.stringify(parts)).digest();
-    this.#a = h.readUInt32LE(0);
-    this.#b = h.readUInt32LE(4);
-    this.#c = h.readUInt32LE(8);
-    this.#d = h.readUInt32LE(12);
-    for (let i = 0; i < 12; i++) this.#next32();
+    this.#g = new Sfc32(h.readUInt32LE(0), h.readUInt32LE(4), h.readUInt32LE(8), h.readUInt32LE(12));
   }
 
   #next32(): number {
-    let t = (this.#a + this.#b) | 0;
-    this.#a = this.#b ^ (this.#b >>> 9);
-    this.#b = (this.#c + (this.#c << 3)) | 0;
-    this.#c = (this.#c << 21) | (this.#c >>> 11);
-    this.#d = (this.#d + 1) | 0;
-    t = (t + this.#d) | 0;
-    this.#c = (this.#c + t) | 0;
-    return t >>> 0;
+    return this.#g.next32();
   }
 
   /** Uniform in [0, 1), 53 bits. */
