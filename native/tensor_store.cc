@@ -127,6 +127,19 @@ ATELIER_ENTRY(DataView) {
   });
 }
 
+// releaseView(arrayBuffer): detaches a dataView() buffer, dropping its
+// reference to the storage at once. Without it, a disposed tensor's memory
+// stays alive until V8 happens to collect the buffer, and V8 does not know
+// how large it is (bench/models: 2.2 GiB held after dispose()).
+ATELIER_ENTRY(ReleaseView) {
+  return guarded(info, [&] {
+    if (!info[0].IsArrayBuffer()) throw std::runtime_error("releaseView: expected an ArrayBuffer");
+    napi_status st = napi_detach_arraybuffer(info.Env(), info[0]);
+    if (st != napi_ok) throw std::runtime_error("releaseView: the buffer cannot be detached");
+    return info.Env().Undefined();
+  });
+}
+
 // meta(id) -> [dtypeCode, shape[], device, requiresGrad, contiguous]: one call for what
 // a JS Tensor shows, so that printing and checks cost one crossing.
 ATELIER_ENTRY(Meta) {
@@ -185,6 +198,7 @@ void registerTensorStore(Napi::Env env, Napi::Object exports) {
   exports.Set("liveCount", Napi::Function::New(env, LiveCount, "liveCount"));
   exports.Set("fromData", Napi::Function::New(env, FromData, "fromData"));
   exports.Set("dataView", Napi::Function::New(env, DataView, "dataView"));
+  exports.Set("releaseView", Napi::Function::New(env, ReleaseView, "releaseView"));
   exports.Set("meta", Napi::Function::New(env, Meta, "meta"));
   exports.Set("shape", Napi::Function::New(env, Shape, "shape"));
   exports.Set("dtype", Napi::Function::New(env, Dtype, "dtype"));

@@ -17,6 +17,7 @@ export interface NativeAddon {
   liveCount(): number;
   fromData(data: ArrayBufferView, shape: number[], dtype: number): TensorId;
   dataView(id: TensorId): ArrayBuffer;
+  releaseView(buffer: ArrayBuffer): void;
   meta(id: TensorId): [number, number[], string, boolean, boolean];
   shape(id: TensorId): number[];
   dtype(id: TensorId): number;

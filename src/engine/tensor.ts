@@ -86,7 +86,7 @@ export class Tensor implements Owned {
   toTypedArray(): TypedArray {
     const t = this.#cpuContiguous();
     try {
-      return typedArrayView(t.dtype, native.dataView(t.id).slice(0));
+      return t.withBytes((bytes) => typedArrayView(t.dtype, bytes.slice().buffer));
     } finally {
       if (t !== this) t.dispose();
     }
@@ -105,9 +105,18 @@ export class Tensor implements Owned {
     return Array.from(this.toTypedArray() as ArrayLike<number | bigint>, Number);
   }
 
-  /** An ArrayBuffer over the memory of a contiguous CPU tensor, no copy; it keeps the storage alive. */
-  dataView(): ArrayBuffer {
-    return native.dataView(this.id);
+  /**
+   * Runs `fn` over the bytes of a contiguous CPU tensor, with no copy (reads
+   * and writes go to the tensor). The view is detached when `fn` returns, so
+   * it never keeps a disposed tensor's memory alive.
+   */
+  withBytes<T>(fn: (bytes: Uint8Array) => T): T {
+    const buffer = native.dataView(this.id);
+    try {
+      return fn(new Uint8Array(buffer));
+    } finally {
+      if (buffer.byteLength > 0) native.releaseView(buffer);
+    }
   }
 
   #cpuContiguous(): Tensor {

@@ -79,9 +79,10 @@ class ZipStorages implements StorageSource {
     const t = empty([e.size / size], { dtype: ref.dtype });
     try {
       if (e.size > 0) {
-        const bytes = new Uint8Array(t.dataView());
-        this.zip.readInto(e, bytes, this.verify);
-        if (ref.dtype === "bool") checkBool(this.zip.path, ref.key, bytes);
+        t.withBytes((bytes) => {
+          this.zip.readInto(e, bytes, this.verify);
+          if (ref.dtype === "bool") checkBool(this.zip.path, ref.key, bytes);
+        });
       }
       return t;
     } catch (err) {
@@ -108,9 +109,10 @@ class LegacyStorages implements StorageSource {
     const t = empty([w.numel], { dtype: ref.dtype });
     const n = w.numel * BYTES[ref.dtype];
     if (n > 0) {
-      const bytes = new Uint8Array(t.dataView());
-      bytes.set(this.data.subarray(w.offset, w.offset + n));
-      if (ref.dtype === "bool") checkBool(this.path, ref.key, bytes);
+      t.withBytes((bytes) => {
+        bytes.set(this.data.subarray(w.offset, w.offset + n));
+        if (ref.dtype === "bool") checkBool(this.path, ref.key, bytes);
+      });
     }
     return t;
   }

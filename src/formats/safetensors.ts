@@ -91,15 +91,17 @@ export class SafetensorsFile {
     if (o.device !== undefined) checkDevice(o.device);
     const t = empty(info.shape, { dtype: info.dtype });
     try {
+      const fd = this.#fd;
       if (info.byteLength > 0) {
-        const bytes = new Uint8Array(t.dataView());
-        readExactly(this.#fd, bytes, info.offset, `${this.path}: tensor ${JSON.stringify(name)}`);
-        // A bool byte other than 0 or 1 is undefined behaviour in libtorch.
-        if (info.dtype === "bool" && bytes.some((b) => b > 1)) {
-          throw new SafetensorsError(
-            `${this.path}: tensor ${JSON.stringify(name)} is BOOL but holds bytes other than 0/1`,
-          );
-        }
+        t.withBytes((bytes) => {
+          readExactly(fd, bytes, info.offset, `${this.path}: tensor ${JSON.stringify(name)}`);
+          // A bool byte other than 0 or 1 is undefined behaviour in libtorch.
+          if (info.dtype === "bool" && bytes.some((b) => b > 1)) {
+            throw new SafetensorsError(
+              `${this.path}: tensor ${JSON.stringify(name)} is BOOL but holds bytes other than 0/1`,
+            );
+          }
+        });
       }
       const dtype = o.dtype ?? info.dtype;
       const device = o.device ?? "cpu";
@@ -287,13 +289,16 @@ function withBytes(p: Planned, use: (bytes: Uint8Array) => void): void {
       owned?.dispose();
       src = owned = c;
     }
-    const bytes = p.byteLength === 0 ? new Uint8Array(0) : new Uint8Array(src.dataView());
-    if (bytes.byteLength !== p.byteLength) {
-      throw new SafetensorsError(
-        `tensor ${JSON.stringify(p.name)}: ${bytes.byteLength} bytes, expected ${p.byteLength}`,
-      );
-    }
-    use(bytes);
+    const check = (bytes: Uint8Array) => {
+      if (bytes.byteLength !== p.byteLength) {
+        throw new SafetensorsError(
+          `tensor ${JSON.stringify(p.name)}: ${bytes.byteLength} bytes, expected ${p.byteLength}`,
+        );
+      }
+      use(bytes);
+    };
+    if (p.byteLength === 0) check(new Uint8Array(0));
+    else src.withBytes(check);
   } finally {
     owned?.dispose();
   }

@@ -314,3 +314,16 @@ test("in-place updates change the tensor itself", () => {
     assert.deepEqual(p.toArray(), [2, 2]);
   });
 });
+
+test("a byte view is detached after use: it cannot keep a disposed tensor's memory alive", () => {
+  const t = E.tensor([1, 2, 3]);
+  let kept: Uint8Array | undefined;
+  t.withBytes((bytes) => {
+    assert.equal(bytes.byteLength, 12);
+    bytes.fill(0, 0, 4); // writes go to the tensor: the first float becomes 0
+    kept = bytes;
+  });
+  assert.equal(kept!.byteLength, 0, "detached after the callback");
+  assert.deepEqual(t.toArray(), [0, 2, 3]);
+  t.dispose();
+});

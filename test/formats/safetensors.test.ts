@@ -539,7 +539,7 @@ test("a failed save over an existing file leaves it intact and no temp file behi
   assert.deepEqual(listing(path), ["t.safetensors"]);
   // A failure in the middle of the data: "a" is written, then "b" fails.
   const failing = zeros([1000]);
-  failing.dataView = () => {
+  failing.withBytes = () => {
     throw new Error("simulated I/O failure");
   };
   try {
