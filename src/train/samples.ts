@@ -59,6 +59,6 @@ export function saveSampleGrid(model: StableDiffusion, c: TrainConfig, path: str
     mkdirSync(dirname(path), { recursive: true });
     writeFileAtomic(path, (fd) => writeAll(fd, png));
   } finally {
-    modules.forEach((m, i) => m.train(wasTraining[i]));
+    for (const [i, m] of modules.entries()) m.train(wasTraining[i]);
   }
 }
