@@ -1,19 +1,15 @@
 // Training-step benchmark: one LoRA step and one full Dreambooth step with
 // prior preservation (1 instance + 1 class example, so the UNet sees batch 2,
 // as diffusers' train_dreambooth.py concatenates them) at SD1.5 size, random
-// weights, 64×64 latents, precomputed text embeddings (frozen text encoder),
+// weights, 64×64 latents (32×32 on CPU: see --latent), precomputed text
+// embeddings (frozen text encoder),
 // against PyTorch doing the same step (bench/train_ref.py) in the same run.
 // Prints Atelier ÷ PyTorch per case (lower is better) and both sides' peak
 // memory (DESIGN.md §4). See bench/RESULTS.md, "bench/train".
 //
 // Each side of each case runs in a fresh process, one after the other (never
-// two at once: a full step needs most of the machine's memory), so each
-// process's peak RSS is that case's alone: Node's is this script again with
-// --worker, PyTorch's is train_ref.py.
-//
-//   node dist/bench/train.js [--threads N] [--device cpu|cuda] [--quick] [--latent N] [--check]
-//     [--only lora,full] [--reps N] [--warmup N] [--optimizer auto|adamw|sgd]
-//     [--wait-mem S] [--cpus LIST|none] [--python PATH] [--json]
+// two at once: a full step needs most of the machine's memory), so each peak
+// RSS is that case's alone: Node's is this script with --worker. Options: --help.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
@@ -43,7 +39,7 @@ import {
 import { loadSafetensors, saveSafetensors } from "../src/formats/safetensors.js";
 import { UNet2DConditionModel, type UNetConfig, unetPresets } from "../src/models/unet/index.js";
 import { NoiseSchedule, SD15_SCHEDULER_CONFIG } from "../src/schedulers/index.js";
-import { diffusionLoss, drawNoise } from "../src/train/losses.js";
+import { diffusionLoss, drawNoise, type LossTerms } from "../src/train/losses.js";
 
 const CASES = ["lora", "full"] as const;
 type CaseKey = (typeof CASES)[number];
@@ -191,12 +187,6 @@ function pyUnet(c: UNetConfig): Record<string, unknown> {
 
 // ---- one training step (what src/train/trainer.ts does per batch) ----------------------
 
-interface Terms {
-  loss: Tensor;
-  instance: Tensor;
-  prior: Tensor | null;
-}
-
 /** noisy = addNoise(latents); loss = instance MSE + w · prior MSE of the epsilon prediction. */
 function stepLoss(
   unet: UNet2DConditionModel,
@@ -205,7 +195,7 @@ function stepLoss(
   context: Tensor,
   noise: Tensor,
   timesteps: Tensor,
-): Terms {
+): LossTerms {
   const isClass = Array.from({ length: latents.size(0) }, (_, i) => i > 0);
   const noisy = schedule.addNoise(latents, noise, timesteps);
   const prediction = unet.forward(noisy, timesteps, context);
@@ -243,8 +233,6 @@ interface StepRun {
   backward_ms: number;
   optimizer_ms: number;
   loss: number;
-  /** RSS sampled after forward, after backward and after the optimizer step (MiB). */
-  rss_mb: number;
   warmup: boolean;
 }
 
@@ -313,7 +301,6 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
       backward_ms: t2 - t1,
       optimizer_ms: t3 - t2,
       loss,
-      rss_mb: peakSampled,
       warmup: i < o.warmup,
     };
     runs.push(r);
@@ -323,12 +310,11 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
         `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), load ${load1().toFixed(2)}`,
     );
   }
-  const timed = runs.filter((r) => !r.warmup).map((r) => r.ms);
   const out = {
     case: caseKey,
     runs,
-    median_ms: median(timed),
-    median_cpu_ms: median(runs.filter((r) => !r.warmup).map((r) => r.cpu_ms)),
+    median_ms: median(timedRuns(runs).map((r) => r.ms)),
+    median_cpu_ms: median(timedRuns(runs).map((r) => r.cpu_ms)),
     params: unet.parameterCount(),
     trainable: params.reduce((n, p) => n + p.numel, 0),
     trainable_tensors: params.length,
@@ -336,7 +322,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     optimizer: spec.optimizer,
     build_s: buildS,
     rss_model_mb: rssModel,
-    rss_sampled_peak_mb: peakSampled,
+    rss_sampled_peak_mb: peakSampled, // after forward, backward and the optimizer step
     maxrss_mb: process.resourceUsage().maxRSS / 1024,
     vmhwm_mb: statusMb("VmHWM"),
     threads: getNumThreads(),
@@ -354,22 +340,19 @@ const median = (xs: number[]): number => {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
+const timedRuns = (runs: unknown) => (runs as StepRun[]).filter((r) => !r.warmup);
 
 // ---- child processes ---------------------------------------------------------------------
 
-function memAvailableGiB(): number {
-  try {
-    const m = /MemAvailable:\s+(\d+) kB/.exec(readFileSync("/proc/meminfo", "utf8"));
-    return m ? Number(m[1]) / 2 ** 20 : Number.POSITIVE_INFINITY;
-  } catch {
-    return Number.POSITIVE_INFINITY;
-  }
-}
-
-function memTotalGiB(): number {
-  const m = /MemTotal:\s+(\d+) kB/.exec(readFileSync("/proc/meminfo", "utf8"));
+/** A line of /proc/meminfo in GiB (Infinity where there is none). */
+function meminfoGiB(field: "MemAvailable" | "MemTotal"): number {
+  const m =
+    existsSync("/proc/meminfo") &&
+    new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync("/proc/meminfo", "utf8"));
   return m ? Number(m[1]) / 2 ** 20 : Number.POSITIVE_INFINITY;
 }
+const memAvailableGiB = () => meminfoGiB("MemAvailable");
+const memTotalGiB = () => meminfoGiB("MemTotal");
 
 /**
  * Host memory one side of a case needs at most (GiB). Measured at SD1.5 size
@@ -392,15 +375,10 @@ function needGiB(caseKey: CaseKey, spec: StepSpec, device: string, params: numbe
 
 async function waitForMemory(need: number, o: Options, say: (s: string) => void): Promise<void> {
   const until = Date.now() + o.waitMem * 1e3;
-  let told = false;
-  while (memAvailableGiB() < need) {
-    if (Date.now() > until) {
-      fail(
-        `${need.toFixed(1)} GiB of memory needed, ${memAvailableGiB().toFixed(1)} GiB available after ${o.waitMem} s`,
-      );
-    }
-    if (!told) say(`waiting for ${need.toFixed(1)} GiB free (${memAvailableGiB().toFixed(1)} GiB available now)`);
-    told = true;
+  for (let told = false; memAvailableGiB() < need; told = true) {
+    const have = `${memAvailableGiB().toFixed(1)} GiB available`;
+    if (Date.now() > until) fail(`${need.toFixed(1)} GiB of memory needed, ${have} after ${o.waitMem} s`);
+    if (!told) say(`waiting for ${need.toFixed(1)} GiB free (${have} now)`);
     await new Promise((r) => setTimeout(r, 5000));
   }
 }
@@ -512,16 +490,7 @@ async function runCheck(o: Options, say: (s: string) => void): Promise<Json> {
   const input = join(dir, "in.safetensors");
   const output = join(dir, "out.safetensors");
   const config = unetPresets.tiny;
-  const spec = {
-    unet: pyUnet(config),
-    rank: CHECK.rank,
-    alpha: CHECK.alpha,
-    steps: CHECK.steps,
-    seed: CHECK.seed,
-    lr: CHECK.lr,
-    optimizer: "adamw",
-    prior_loss_weight: PRIOR_LOSS_WEIGHT,
-  };
+  const spec = { ...CHECK, unet: pyUnet(config), optimizer: "adamw", prior_loss_weight: PRIOR_LOSS_WEIGHT };
   const schedule = new NoiseSchedule(SD15_SCHEDULER_CONFIG);
   try {
     // The inputs: weights, LoRA init, latents, context and every step's draws.
@@ -641,34 +610,23 @@ interface Row {
 const gib = (mb: unknown) => `${((mb as number) / 1024).toFixed(2)} GiB`;
 const secs = (ms: number) => (ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1e3).toFixed(1)} s`);
 
-function phases(j: Json): Record<string, number> {
-  const runs = (j.runs as StepRun[]).filter((r) => !r.warmup);
-  const m = (k: keyof StepRun) => median(runs.map((r) => r[k] as number));
-  return { forward: m("forward_ms"), backward: m("backward_ms"), optimizer: m("optimizer_ms") };
-}
-
 function describe(r: Row): string[] {
   const [a, p] = [r.atelier, r.pytorch];
-  const [pa, pp] = [phases(a), phases(p)];
-  const part = (k: string) => `${k} ${secs(pa[k])} vs ${secs(pp[k])} (${(pa[k] / pp[k]).toFixed(3)})`;
-  const samples = (j: Json) =>
-    (j.runs as StepRun[])
-      .filter((s) => !s.warmup)
-      .map((s) => (s.ms / 1e3).toFixed(1))
-      .join(", ");
-  const cpuSamples = (j: Json) =>
-    (j.runs as StepRun[])
-      .filter((s) => !s.warmup)
-      .map((s) => (s.cpu_ms / 1e3).toFixed(1))
-      .join(", ");
-  const faults = (j: Json) => {
-    const runs = (j.runs as StepRun[]).filter((s) => !s.warmup);
-    return [0, 1, 2].map((i) => `${(median(runs.map((s) => s.faults[i])) / 1e3).toFixed(0)}k`).join("/");
+  const med = (j: Json, f: (s: StepRun) => number) => median(timedRuns(j.runs).map(f));
+  const part = (k: "forward" | "backward" | "optimizer") => {
+    const [x, y] = [a, p].map((j) => med(j, (s) => s[`${k}_ms`]));
+    return `${k} ${secs(x)} vs ${secs(y)} (${(x / y).toFixed(3)})`;
   };
+  const samples = (j: Json, k: "ms" | "cpu_ms") =>
+    timedRuns(j.runs)
+      .map((s) => (s[k] / 1e3).toFixed(1))
+      .join(", ");
+  const faults = (j: Json) => [0, 1, 2].map((i) => `${(med(j, (s) => s.faults[i]) / 1e3).toFixed(0)}k`).join("/");
   return [
     `${part("forward")}, ${part("backward")}, ${part("optimizer")}`,
     `minor page faults per step, forward/backward/optimizer: Atelier ${faults(a)}, PyTorch ${faults(p)}`,
-    `steps (s): Atelier ${samples(a)}; PyTorch ${samples(p)}; CPU time (s): Atelier ${cpuSamples(a)}; PyTorch ${cpuSamples(p)}`,
+    `steps (s): Atelier ${samples(a, "ms")}; PyTorch ${samples(p, "ms")}; ` +
+      `CPU time (s): Atelier ${samples(a, "cpu_ms")}; PyTorch ${samples(p, "cpu_ms")}`,
     `peak RSS (VmHWM): Atelier ${gib(a.vmhwm_mb)}, PyTorch ${gib(p.vmhwm_mb)} ` +
       `(ru_maxrss ${gib(p.maxrss_mb)}); after building the model: ${gib(a.rss_model_mb)} vs ${gib(p.rss_model_mb)}`,
     `peak RSS sampled each second by the parent: Atelier ${gib(r.atelier_child.sampled_peak_rss_mb)}, ` +
@@ -707,25 +665,22 @@ async function main(): Promise<void> {
 
   if (o.check) {
     const r = await runCheck(o, say);
-    const line = (m: "full" | "lora") => {
-      const x = r[m] as { steps: Json[]; params_after: Diff; trainable_tensors: number };
-      const s = x.steps.map((st, k) => {
-        const g = st.grads as Diff;
-        return (
-          `step ${k + 1}: loss ${(st.loss as number).toFixed(6)} vs ${(st.pytorch_loss as number).toFixed(6)} ` +
-          `(rel ${(st.loss_rel_diff as number).toExponential(1)}), ${g.tensors} grads max |Δ| ${g.maxAbs.toExponential(1)}, ` +
-          `max rel ${g.maxRel.toExponential(1)} (${g.worst})${st.rng_match ? "" : ", RNG DIFFERS"}`
-        );
-      });
-      const p = x.params_after;
-      return [
-        `${m}:`,
-        ...s.map((l) => `  ${l}`),
-        `  weights after 2 AdamW steps: max |Δ| ${p.maxAbs.toExponential(1)} (max rel ${p.maxRel.toExponential(1)})`,
-      ];
-    };
     out(`equality check, tiny UNet (libtorch ${torchVersion()} vs PyTorch ${r.torch}): ${r.ok ? "OK" : "FAILED"}`);
-    for (const l of [...line("full"), ...line("lora")]) out(l);
+    const e = (x: number) => x.toExponential(1);
+    for (const m of ["full", "lora"] as const) {
+      const x = r[m] as { steps: (Json & { grads: Diff })[]; params_after: Diff };
+      out(`${m}:`);
+      for (const [k, st] of x.steps.entries()) {
+        const g = st.grads;
+        out(
+          `  step ${k + 1}: loss ${st.loss} vs ${st.pytorch_loss} (rel ${e(st.loss_rel_diff as number)}), ` +
+            `${g.tensors} grads max |Δ| ${e(g.maxAbs)}, max rel ${e(g.maxRel)}${g.maxRel > 0 ? ` (${g.worst})` : ""}` +
+            `${st.rng_match ? "" : ", RNG DIFFERS"}`,
+        );
+      }
+      const p = x.params_after;
+      out(`  weights after ${CHECK.steps} AdamW steps: max |Δ| ${e(p.maxAbs)} (max rel ${e(p.maxRel)})`);
+    }
     if (o.json) console.log(JSON.stringify(r));
     if (!r.ok) process.exit(1);
     return;
@@ -793,7 +748,11 @@ async function main(): Promise<void> {
     });
   }
   const loadEnd = load1();
-  const first = rows[0]?.pytorch ?? {};
+  if (rows.length === 0) {
+    for (const line of skipped) out(line);
+    fail("no case could run here");
+  }
+  const first = rows[0].pytorch;
   out(
     `Atelier (libtorch ${torchVersion()}, node ${process.version}) vs PyTorch ${first.torch} (${first.attention} attention) — ` +
       `${o.device}, ${o.threads} thread(s) each, CPUs ${o.cpus}; load average ${loadStart.toFixed(2)} → ${loadEnd.toFixed(2)}`,
