@@ -1,7 +1,9 @@
 // The atelier command line: a thin shell that turns arguments into library calls.
 import { cudaDeviceCount, getNumThreads, liveTensors, noGrad, randn, scope, torchVersion } from "../engine/index.js";
 import { UsageError } from "./args.js";
+import { evalCommand } from "./eval-command.js";
 import { convert, generate, inspect } from "./model-commands.js";
+import { shapesCommand } from "./shapes-commands.js";
 import { checkConfigCommand, createModelCommand, modelsCommand, trainCommand } from "./train-commands.js";
 
 interface Command {
@@ -39,6 +41,15 @@ const commands: Record<string, Command> = {
   models: {
     summary: "[--workspace DIR] [--json]: the workspace's models",
     run: modelsCommand,
+  },
+  shapes: {
+    summary: "world DIR | build-base [--out DIR --quick]: the shapes world's images and its base model",
+    run: shapesCommand,
+  },
+  eval: {
+    summary:
+      "[--model PATH --base PATH --lora FILE --subject TOKEN:CLASS[:COLOUR[:DOT]] --samples N --json --out FILE]: score a fine-tune (--help)",
+    run: evalCommand,
   },
   "check-config": {
     summary: "[CONFIG] [--FIELD VALUE…]: check a training config and print it resolved (--help: the fields)",

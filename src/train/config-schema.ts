@@ -30,6 +30,8 @@ export interface ConceptConfig {
   class_data_dir: string | null;
   class_prompt: string | null;
   num_class_images: number;
+  class_guidance_scale: number;
+  class_infer_steps: number;
   repeats: number;
   caption_extension: string;
   shuffle_tags: boolean;
@@ -183,6 +185,16 @@ const CONCEPT: Schema = {
     kind: int(0),
     auto: "100 with a class_data_dir, else 0",
     doc: "class images wanted (generated up to this count)",
+  },
+  class_guidance_scale: {
+    kind: { t: "number", min: 1, max: 50 },
+    default: 7.5,
+    doc: "guidance scale of class-image generation (A1111 Dreambooth's class_guidance_scale)",
+  },
+  class_infer_steps: {
+    kind: int(1, 1000),
+    default: 40,
+    doc: "sampling steps of class-image generation (A1111 Dreambooth's class_infer_steps)",
   },
   repeats: { kind: int(1, 10000), default: 1, doc: "times each image is seen per epoch (kohya's folder prefix)" },
   caption_extension: {

@@ -53,6 +53,8 @@ export function datasetConcepts(c: TrainConfig): ConceptConfig[] {
     classDataDir: k.class_data_dir ?? undefined,
     classPrompt: k.class_prompt ?? undefined,
     numClassImages: k.num_class_images,
+    classGuidanceScale: k.class_guidance_scale,
+    classInferSteps: k.class_infer_steps,
     repeats: k.repeats,
     captionExtension: k.caption_extension,
     shuffleTags: k.shuffle_tags,

@@ -1,0 +1,175 @@
+// `atelier shapes build-base`: builds the shapes world's base model from
+// random weights with Atelier's own code — BPE vocabulary, VAE, then UNet and
+// text encoder — and writes it as a diffusers folder (fp16 weights, configs,
+// tokenizer/, scheduler/) that loads like any checkpoint, with recipe.json
+// (every setting), the loss logs and quality.json (what the analyser reads in
+// its samples). Stage outputs are kept in a work folder so an interrupted
+// build starts again after the last finished stage.
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { cat, Generator, manualSeed, noGrad, scope, type Tensor } from "../../engine/index.js";
+import { writeTextAtomic } from "../../formats/atomic-write.js";
+import { saveCheckpoint } from "../../formats/checkpoint.js";
+import { loadSafetensors, saveSafetensors } from "../../formats/safetensors.js";
+import { ClipTokenizer } from "../../models/clip/index.js";
+import { AutoencoderKL } from "../../models/vae/index.js";
+import { SD15_SCHEDULER_CONFIG } from "../../schedulers/index.js";
+import { DREAMBOOTH_IDENTIFIERS, worldBpe, writeTokenizerFiles } from "../vocab.js";
+import { renderWorld, toUnitRange, type WorldImages } from "./data.js";
+import { type BaseQuality, measureBaseQuality } from "./quality.js";
+import { BASE_RECIPE, type BaseRecipe } from "./recipe.js";
+import { trainUNet } from "./train-unet.js";
+import { measureScalingFactor, trainVae } from "./train-vae.js";
+
+export interface BuildBaseOptions {
+  out: string;
+  /** Stage outputs (default OUT.work); removed after a finished build unless keepWork. */
+  work?: string;
+  keepWork?: boolean;
+  recipe?: BaseRecipe;
+  /** Samples per prompt of the quality check (default 8). */
+  qualitySamples?: number;
+  log?: (line: string) => void;
+}
+
+export interface BuildBaseResult {
+  out: string;
+  quality: BaseQuality;
+  seconds: number;
+}
+
+/** A much smaller recipe with the same structure: for tests and a quick look (minutes → seconds). */
+export function quickRecipe(r: BaseRecipe = BASE_RECIPE): BaseRecipe {
+  return {
+    ...r,
+    scenes: 512,
+    vaeTrain: { ...r.vaeTrain, steps: 30, batch: 8, warmup: 5, decoderSteps: 5 },
+    unetTrain: { ...r.unetTrain, steps: 30, batch: 16, warmup: 5 },
+  };
+}
+
+function loadVaeStage(dir: string, recipe: BaseRecipe): AutoencoderKL | null {
+  const weights = join(dir, "vae.safetensors");
+  const meta = join(dir, "vae.json");
+  if (!existsSync(weights) || !existsSync(meta)) return null;
+  const { scalingFactor, recipe: saved } = JSON.parse(readFileSync(meta, "utf8"));
+  if (
+    JSON.stringify(saved) !==
+    JSON.stringify({ vae: recipe.vae, vaeTrain: recipe.vaeTrain, seed: recipe.seed, scenes: recipe.scenes })
+  )
+    return null;
+  const vae = new AutoencoderKL({ ...recipe.vae, scalingFactor }, { mode: "empty" });
+  const { tensors: sd } = loadSafetensors(weights);
+  try {
+    vae.loadStateDict(sd);
+  } finally {
+    for (const t of sd.values()) t.dispose();
+  }
+  return vae.eval().requiresGrad_(false);
+}
+
+/** The scaled latents (encoder means × scaling factor) of every scene. */
+function encodeAll(vae: AutoencoderKL, data: WorldImages): Tensor {
+  return noGrad(() =>
+    scope(() => {
+      const parts: Tensor[] = [];
+      const n = data.scenes.length;
+      for (let i = 0; i < n; i += 256) {
+        parts.push(vae.encode(toUnitRange(data.pixels.narrow(0, i, Math.min(256, n - i)))).mean.mul(vae.scalingFactor));
+      }
+      return cat(parts, 0);
+    }),
+  );
+}
+
+export async function buildBase(o: BuildBaseOptions): Promise<BuildBaseResult> {
+  const recipe = o.recipe ?? BASE_RECIPE;
+  const log = o.log ?? (() => {});
+  const work = o.work ?? `${o.out}.work`;
+  const start = performance.now();
+  mkdirSync(work, { recursive: true });
+  const logDir = join(work, "logs");
+
+  const tokenizerDir = join(work, "tokenizer");
+  const bpe = worldBpe({ extraWords: [...DREAMBOOTH_IDENTIFIERS] });
+  writeTokenizerFiles(tokenizerDir, bpe);
+  const tokenizer = ClipTokenizer.fromDir(tokenizerDir);
+  log(`tokenizer: ${tokenizer.vocabSize} tokens, ${bpe.merges.length} merges`);
+
+  manualSeed(recipe.seed);
+  const generator = new Generator(recipe.seed);
+  log(`rendering ${recipe.scenes} scenes of the world (seed ${recipe.seed})`);
+  const data = renderWorld(recipe.seed, recipe.scenes, recipe.vae.sampleSize);
+  let vae: AutoencoderKL | null = null;
+  let latents: Tensor | null = null;
+  try {
+    vae = loadVaeStage(work, recipe);
+    if (vae) log(`vae: reusing ${join(work, "vae.safetensors")}`);
+    else {
+      const r = trainVae({ recipe, data, generator, logDir, log });
+      vae = r.vae;
+      // The measured scaling factor goes into the config, as SD's 0.18215.
+      const scaled = new AutoencoderKL({ ...recipe.vae, scalingFactor: r.scalingFactor }, { mode: "empty" });
+      scaled.loadStateDict(vae.stateDict());
+      vae.dispose();
+      vae = scaled.eval().requiresGrad_(false);
+      saveSafetensors(join(work, "vae.safetensors"), vae.stateDict());
+      writeFileSync(
+        join(work, "vae.json"),
+        JSON.stringify({
+          scalingFactor: r.scalingFactor,
+          recipe: { vae: recipe.vae, vaeTrain: recipe.vaeTrain, seed: recipe.seed, scenes: recipe.scenes },
+        }),
+      );
+      log(`vae: scaling factor ${r.scalingFactor}`);
+    }
+    latents = encodeAll(vae, data);
+    const { unet, textEncoder } = trainUNet({
+      recipe,
+      latents,
+      scenes: data.scenes,
+      tokenizer,
+      generator,
+      logDir,
+      log,
+    });
+    try {
+      const vaeConfig = { ...recipe.vae, scalingFactor: vae.scalingFactor };
+      saveCheckpoint({ unet: unet.stateDict(), vae: vae.stateDict(), textEncoder: textEncoder.stateDict() }, o.out, {
+        layout: "diffusers",
+        dtype: "float16",
+        configs: {
+          unet: recipe.unet,
+          vae: vaeConfig,
+          textEncoder: { ...recipe.text, vocabSize: tokenizer.vocabSize },
+          textLayout: "clip",
+        },
+        predictionType: "epsilon",
+        tokenizerFrom: tokenizerDir,
+        overwrite: true,
+      });
+    } finally {
+      unet.dispose();
+      textEncoder.dispose();
+    }
+  } finally {
+    latents?.dispose();
+    vae?.dispose();
+    data.pixels.dispose();
+    generator.dispose();
+  }
+  log("checking the model: samples of every colour × shape, read by the analyser");
+  const quality = await measureBaseQuality(o.out, { samples: o.qualitySamples ?? 8, sampling: recipe.sampling });
+  const seconds = (performance.now() - start) / 1000;
+  mkdirSync(join(o.out, "training"), { recursive: true });
+  for (const f of ["vae.jsonl", "vae-decoder.jsonl", "unet.jsonl"]) {
+    if (existsSync(join(logDir, f))) writeFileSync(join(o.out, "training", f), readFileSync(join(logDir, f)));
+  }
+  writeTextAtomic(
+    join(o.out, "recipe.json"),
+    `${JSON.stringify({ recipe, scheduler: SD15_SCHEDULER_CONFIG, seconds: Math.round(seconds), built: new Date().toISOString() }, null, 2)}\n`,
+  );
+  writeTextAtomic(join(o.out, "quality.json"), `${JSON.stringify(quality, null, 2)}\n`);
+  if (!o.keepWork) rmSync(work, { recursive: true, force: true });
+  return { out: o.out, quality, seconds };
+}
