@@ -8,7 +8,7 @@ import { type CheckpointInfo, type LoadCheckpointOptions, loadCheckpoint } from 
 import type { SDConfigs } from "../formats/keymaps/index.js";
 import { loadSchedulerConfig, type SchedulerConfigInput, SD15_SCHEDULER_CONFIG } from "../schedulers/index.js";
 import { type ClipTextConfig, ClipTextModel } from "./clip/text-encoder.js";
-import { type ClipTokenizer, loadTokenizer } from "./clip/tokenizer.js";
+import { ClipTokenizer, findTokenizer } from "./clip/tokenizer.js";
 import { UNet2DConditionModel, type UNetConfig } from "./unet/index.js";
 import { AutoencoderKL } from "./vae/index.js";
 
@@ -18,6 +18,8 @@ export interface StableDiffusion {
   vae: AutoencoderKL;
   textEncoder: ClipTextModel;
   tokenizer: ClipTokenizer;
+  /** The folder the tokenizer was read from (copied into diffusers folders saved from this model). */
+  tokenizerDir?: string;
   /** The model's scheduler config (diffusers scheduler_config.json fields). */
   scheduler: SchedulerConfigInput;
   /** sd1 pads prompts with EOS; sd2 with 0. */
@@ -85,16 +87,18 @@ export function loadStableDiffusion(path: string, o: LoadStableDiffusionOptions 
     built.vae.loadStateDict(components.vae!);
     built.textEncoder = new ClipTextModel(textConfigOf(info.configs), init).eval().requiresGrad_(false);
     built.textEncoder.loadStateDict(components.textEncoder!);
-    const tokenizer = loadTokenizer({
+    const found = findTokenizer({
       kind: info.version,
       tokenizerDir: o.tokenizerDir,
       modelDir: statSync(path).isDirectory() ? path : undefined,
     });
+    const tokenizer = ClipTokenizer.fromDir(found.dir);
     return {
       unet: built.unet,
       vae: built.vae,
       textEncoder: built.textEncoder,
       tokenizer,
+      tokenizerDir: found.dir,
       scheduler: schedulerFor(path, info),
       kind: info.version,
       device,

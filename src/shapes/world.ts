@@ -129,26 +129,46 @@ export const SUBJECT = { shape: "star", colour: "yellow", pattern: "dotted", pat
 /** Backgrounds of the subject: not its own colours, nor orange, which a blurred red–yellow edge turns into. */
 export const SUBJECT_BACKGROUNDS: readonly Colour[] = ["green", "blue", "purple"];
 
+/** A Dreambooth subject: a patterned shape, pictured on some backgrounds. */
+export interface SubjectDefinition {
+  shape: Shape;
+  colour: Colour;
+  pattern: Pattern;
+  patternColour: Colour;
+  backgrounds: readonly Colour[];
+}
+
+/** The built-in subject with its backgrounds. */
+export const DEFAULT_SUBJECT: SubjectDefinition = { ...SUBJECT, backgrounds: SUBJECT_BACKGROUNDS };
+
 /**
  * One picture of the subject on a random background, at a random position and
  * rotation; sizes from 0.6 × imageSize so that the dot is ≥ 13 px.
  */
-export function sampleSubject(rng: Random, o: WorldOptions = {}): Scene {
+export function sampleSubject(rng: Random, o: WorldOptions = {}, subject: SubjectDefinition = DEFAULT_SUBJECT): Scene {
   const { imageSize, rotate, maxSize } = checkOptions(o);
-  const background = pick(rng, SUBJECT_BACKGROUNDS);
+  const background = pick(rng, subject.backgrounds);
   const size = round2(uniform(rng, Math.min(0.6, maxSize), maxSize) * imageSize);
   return {
-    ...SUBJECT,
+    shape: subject.shape,
+    colour: subject.colour,
+    pattern: subject.pattern,
+    patternColour: subject.patternColour,
     background,
     ...place(rng, size, imageSize),
-    rotation: spin(rng, "star", rotate),
+    rotation: spin(rng, subject.shape, rotate),
     imageSize,
   };
 }
 
 /** `n` subject pictures; a stream apart from the world's (the same seed gives unrelated scenes). */
-export function generateSubject(seed: number, n: number, o: WorldOptions = {}): Scene[] {
-  return Array.from({ length: n }, (_, i) => sampleSubject(new WorldRng(seed, i, 1), o));
+export function generateSubject(
+  seed: number,
+  n: number,
+  o: WorldOptions = {},
+  subject: SubjectDefinition = DEFAULT_SUBJECT,
+): Scene[] {
+  return Array.from({ length: n }, (_, i) => sampleSubject(new WorldRng(seed, i, 1), o, subject));
 }
 
 export interface CaptionOptions {

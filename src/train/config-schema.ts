@@ -32,6 +32,7 @@ export interface ConceptConfig {
   num_class_images: number;
   class_guidance_scale: number;
   class_infer_steps: number;
+  class_batch_size: number;
   repeats: number;
   caption_extension: string;
   shuffle_tags: boolean;
@@ -195,6 +196,11 @@ const CONCEPT: Schema = {
     kind: int(1, 1000),
     default: 40,
     doc: "sampling steps of class-image generation (A1111 Dreambooth's class_infer_steps)",
+  },
+  class_batch_size: {
+    kind: int(1, 256),
+    default: 1,
+    doc: "class images generated at once (diffusers train_dreambooth's --sample_batch_size)",
   },
   repeats: { kind: int(1, 10000), default: 1, doc: "times each image is seen per epoch (kohya's folder prefix)" },
   caption_extension: {

@@ -4,7 +4,9 @@
 // made them. Sizes follow ../shared/notes/shapes-world-feasibility.md: a VAE
 // 64×64×3 → 8×8×4 (as SD's 8× VAE), a 2-layer CLIP text encoder of width 64
 // over a BPE vocabulary of the world, and a UNet of 64/128 channels with
-// cross-attention at both levels.
+// cross-attention at both levels. Head counts are the ones a single-file
+// checkpoint's loader infers (checkpoint-detect.ts: 8 UNet heads, hidden/64
+// text heads), so the model also loads right from an LDM .safetensors.
 import type { TextEncoderConfig, UNetConfig, VaeConfig } from "../../formats/keymaps/index.js";
 
 export interface StageSettings {
@@ -56,7 +58,7 @@ export const BASE_RECIPE: BaseRecipe = {
     hiddenSize: 64,
     intermediateSize: 256,
     numHiddenLayers: 2,
-    numAttentionHeads: 4,
+    numAttentionHeads: 1,
     maxPositionEmbeddings: 77,
     hiddenAct: "quick_gelu",
     layerNormEps: 1e-5,
@@ -71,7 +73,7 @@ export const BASE_RECIPE: BaseRecipe = {
     downBlockTypes: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     upBlockTypes: ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     crossAttentionDim: 64,
-    attentionHeadDim: 4,
+    attentionHeadDim: 8,
     useLinearProjection: false,
     transformerLayersPerBlock: 1,
     normNumGroups: 32,

@@ -1,0 +1,37 @@
+// `atelier demo`: trains a subject into the built-in shapes base with
+// Dreambooth and LoRA, evaluates both and writes an HTML report.
+import { resolve } from "node:path";
+import { runDemo } from "../demo/demo.js";
+import { num, parse, str } from "./args.js";
+
+export async function demoCommand(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      out: { type: "string" },
+      base: { type: "string" },
+      quick: { type: "boolean" },
+      steps: { type: "string" },
+      samples: { type: "string" },
+    },
+    { min: 0, max: 0, names: "no arguments (flags only)" },
+  );
+  const out = resolve(str(values, "out") ?? "atelier-demo");
+  const r = await runDemo({
+    out,
+    base: str(values, "base"),
+    quick: values.quick === true,
+    steps: num(values, "steps", { integer: true, min: 1, max: 100000 }),
+    samples: num(values, "samples", { integer: true, min: 1, max: 1000 }),
+    log: (line) => console.error(line),
+  });
+  const fmt = (x: number | null) => (x === null ? "–" : x.toFixed(2));
+  console.log("model        identity  class_pres.  prompt_following");
+  for (const [name, s] of Object.entries(r.scores)) {
+    console.log(
+      `${name.padEnd(12)} ${fmt(s.identity).padStart(8)}  ${fmt(s.class_preservation).padStart(11)}  ${fmt(s.prompt_following).padStart(16)}`,
+    );
+  }
+  console.log(`\nreport: ${r.report}\neval:   ${r.evalJson}\n(${(r.seconds / 60).toFixed(1)} min)`);
+  return 0;
+}

@@ -1,0 +1,192 @@
+// One training experiment on the shapes-world base: a Dreambooth or LoRA run
+// of Atelier's own trainer over one or more subjects (each a folder of
+// rendered pictures), then its samples on `atelier eval`'s prompts and seeds.
+// The demo runs two of these; the lab (lab.ts) runs many.
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { loadLora } from "../adapters/network.js";
+import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
+import type { PromptSamples, Scores } from "../eval/score.js";
+import { scoreRuns } from "../eval/score.js";
+import type { EvalSubject } from "../eval/subject.js";
+import { disposeStableDiffusion, loadStableDiffusion, type StableDiffusion } from "../models/stable-diffusion.js";
+import { caption, generateSubject, type Scene, type SubjectDefinition, writeSceneFolder } from "../shapes/world.js";
+import { loadTrainConfig } from "../train/config.js";
+import type { StepRecord } from "../train/progress.js";
+import { train } from "../train/trainer.js";
+
+/** A subject of an experiment: its identifier, what it looks like, and its pictures. */
+export interface SubjectData {
+  token: string;
+  definition: SubjectDefinition;
+  dir: string;
+  scenes: Scene[];
+}
+
+/** Renders `n` pictures of a subject into `dir` (captioned "a TOKEN star"), once. */
+export function writeSubject(
+  dir: string,
+  token: string,
+  definition: SubjectDefinition,
+  n: number,
+  seed: number,
+): SubjectData {
+  const scenes = generateSubject(seed, n, {}, definition);
+  if (!existsSync(join(dir, "scenes.json"))) {
+    writeSceneFolder(dir, scenes, { caption: { token, dropBackground: true } }, { seed, token, kind: "subject" });
+  }
+  return { token, definition, dir, scenes };
+}
+
+export function evalSubjectOf(s: SubjectData): EvalSubject {
+  const d = s.definition;
+  return {
+    token: s.token,
+    className: d.shape,
+    signature: { shape: d.shape, colour: d.colour, dot: d.pattern === "dotted" ? d.patternColour : null },
+    seenBackgrounds: [...new Set(s.scenes.map((x) => x.background))],
+  };
+}
+
+export interface ExperimentSpec {
+  name: string;
+  /** One line for tables: what this run changes. */
+  label: string;
+  method: "dreambooth" | "lora";
+  subjects: SubjectData[];
+  /** Class images per class (prior preservation), or 0 for none. */
+  classImages: number;
+  /** Where class images are (generated there by the trainer when missing); per class. */
+  classDir?: (className: string) => string;
+  steps: number;
+  batch: number;
+  learningRate: number;
+  trainTextEncoder: boolean;
+  rank?: number;
+  seed: number;
+  priorLossWeight?: number;
+  /** Train the subjects as one concept (one folder of captioned pictures) instead of one concept each. */
+  oneConcept?: string;
+}
+
+export interface ExperimentResult {
+  spec: ExperimentSpec;
+  outputDir: string;
+  artifact: string;
+  kind: "checkpoint" | "lora";
+  losses: StepRecord[];
+  seconds: number;
+  settings: Record<string, string | number | boolean>;
+}
+
+function classPromptOf(shape: string): string {
+  return caption(
+    { shape, colour: "red", background: "red", cx: 0, cy: 0, size: 1, rotation: 0, imageSize: 64 } as Scene,
+    {
+      dropColour: true,
+      dropBackground: true,
+    },
+  );
+}
+
+/** Trains the experiment with the trainer (the same code path as `atelier train`). */
+export async function runExperiment(
+  spec: ExperimentSpec,
+  o: { base: string; out: string; log?: (m: string) => void; quiet?: boolean },
+): Promise<ExperimentResult> {
+  const outputDir = join(o.out, "runs", spec.name);
+  mkdirSync(outputDir, { recursive: true });
+  const concepts = (spec.oneConcept ? [spec.subjects[0]] : spec.subjects).map((s) => {
+    const classPrompt = classPromptOf(s.definition.shape);
+    const prior = spec.classImages > 0 && spec.classDir;
+    return {
+      instance_data_dir: spec.oneConcept ?? s.dir,
+      instance_prompt: "",
+      ...(prior
+        ? {
+            class_data_dir: spec.classDir!(s.definition.shape),
+            class_prompt: classPrompt,
+            num_class_images: spec.classImages,
+            class_guidance_scale: 5,
+            class_infer_steps: 20,
+            class_batch_size: 16,
+          }
+        : {}),
+    };
+  });
+  const settings = {
+    method: spec.method,
+    steps: spec.steps,
+    batch_size: spec.batch,
+    learning_rate: spec.learningRate,
+    train_text_encoder: spec.trainTextEncoder,
+    prior_preservation: spec.classImages > 0,
+    class_images: spec.classImages,
+    ...(spec.method === "lora" ? { rank: spec.rank ?? 8 } : {}),
+  };
+  const config = loadTrainConfig({
+    model: o.base,
+    method: spec.method,
+    output_dir: outputDir,
+    resolution: 64,
+    batch_size: spec.batch,
+    max_steps: spec.steps,
+    learning_rate: spec.learningRate,
+    lr_scheduler: "constant_with_warmup",
+    lr_warmup_steps: Math.min(20, Math.floor(spec.steps / 10)),
+    seed: spec.seed,
+    train_text_encoder: spec.trainTextEncoder,
+    prior_loss_weight: spec.priorLossWeight ?? 1,
+    max_grad_norm: 1,
+    cache_latents: true,
+    concepts,
+    ...(spec.method === "lora" ? { lora: { rank: spec.rank ?? 8, text_encoder: spec.trainTextEncoder } } : {}),
+    save: { formats: [spec.method === "lora" ? "lora" : "diffusers"], state: false },
+  });
+  const start = performance.now();
+  const quietOut = { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream;
+  const r = await train(config, { log: o.log, progressOut: o.quiet ? quietOut : undefined });
+  const kind = spec.method === "lora" ? "lora" : "checkpoint";
+  const artifact = r.manifest.latest(kind === "lora" ? "lora" : "diffusers") ?? r.manifest.latest(kind);
+  if (!artifact) throw new Error(`${spec.name}: the run wrote no ${kind}`);
+  return {
+    spec,
+    outputDir,
+    artifact: join(outputDir, artifact.path),
+    kind,
+    losses: r.losses,
+    seconds: (performance.now() - start) / 1000,
+    settings,
+  };
+}
+
+/** Samples the evaluation prompts with the experiment's result: its model, or the base plus its LoRA. */
+export function sampleExperiment(
+  result: ExperimentResult,
+  base: StableDiffusion,
+  subjects: readonly EvalSubject[],
+  options: EvalOptions,
+): PromptSamples[] {
+  if (result.kind === "lora") {
+    const network = loadLora(base, result.artifact, { multiplier: 1 });
+    try {
+      return evaluateModel(base, subjects, options, result.spec.name);
+    } finally {
+      network.remove();
+    }
+  }
+  const model = loadStableDiffusion(result.artifact);
+  try {
+    return evaluateModel(model, subjects, options, result.spec.name);
+  } finally {
+    disposeStableDiffusion(model);
+  }
+}
+
+export function scoreExperiment(
+  subjects: readonly EvalSubject[],
+  runs: readonly PromptSamples[],
+  baseRuns: readonly PromptSamples[],
+): Scores {
+  return scoreRuns(subjects, runs, baseRuns);
+}
