@@ -2,6 +2,7 @@
 // Dreambooth and LoRA, evaluates both and writes an HTML report.
 import { resolve } from "node:path";
 import { runDemo } from "../demo/demo.js";
+import { runLab } from "../demo/lab.js";
 import { num, parse, str } from "./args.js";
 
 export async function demoCommand(argv: string[]): Promise<number> {
@@ -33,5 +34,35 @@ export async function demoCommand(argv: string[]): Promise<number> {
     );
   }
   console.log(`\nreport: ${r.report}\neval:   ${r.evalJson}\n(${(r.seconds / 60).toFixed(1)} min)`);
+  return 0;
+}
+
+export async function labCommand(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    {
+      out: { type: "string" },
+      base: { type: "string" },
+      quick: { type: "boolean" },
+      steps: { type: "string" },
+      samples: { type: "string" },
+      only: { type: "string" },
+    },
+    { min: 0, max: 0, names: "no arguments (flags only)" },
+  );
+  const only = str(values, "only")
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const r = await runLab({
+    out: resolve(str(values, "out") ?? "atelier-lab"),
+    base: str(values, "base"),
+    quick: values.quick === true,
+    steps: num(values, "steps", { integer: true, min: 1, max: 100000 }),
+    samples: num(values, "samples", { integer: true, min: 1, max: 1000 }),
+    only,
+    log: (line) => console.error(line),
+  });
+  console.log(r.table);
   return 0;
 }

@@ -1,7 +1,7 @@
 // The atelier command line: a thin shell that turns arguments into library calls.
 import { cudaDeviceCount, getNumThreads, liveTensors, noGrad, randn, scope, torchVersion } from "../engine/index.js";
 import { UsageError } from "./args.js";
-import { demoCommand } from "./demo-command.js";
+import { demoCommand, labCommand } from "./demo-command.js";
 import { evalCommand } from "./eval-command.js";
 import { convert, generate, inspect } from "./model-commands.js";
 import { shapesCommand } from "./shapes-commands.js";
@@ -17,6 +17,10 @@ const commands: Record<string, Command> = {
     summary:
       "[--out DIR] [--quick]: train a subject into the built-in shapes base (Dreambooth, LoRA), evaluate, report",
     run: demoCommand,
+  },
+  lab: {
+    summary: "[--out DIR] [--only RUN,…] [--steps N]: measure fine-tuning claims on the shapes world (docs/lab.md)",
+    run: labCommand,
   },
   doctor: {
     summary: "check the engine: libtorch version, devices, a forward and backward pass",

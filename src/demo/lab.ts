@@ -1,0 +1,288 @@
+// `atelier lab`: the fine-tuning claims practitioners make, measured on the
+// shapes world with `atelier eval`'s metrics. Each claim compares runs that
+// differ in one setting (docs/lab.md has the table and how to reproduce it):
+//  1. prior preservation reduces drift of the class: Dreambooth with and without;
+//  2. class images that are not clean pull background into the subject: prior
+//     with clean vs degraded (noise + colour cast) class pictures;
+//  3. LoRA overfits less but varies less: LoRA vs Dreambooth, both without prior;
+//  4. two subjects trained together bleed into each other; defining them as one
+//     concept, or cleaner captions (backgrounds named), changes that.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
+import { evalPrompts, type PromptSamples, type Scores, scoreRuns } from "../eval/score.js";
+import { writeTextAtomic } from "../formats/atomic-write.js";
+import { encodePng } from "../formats/png.js";
+import { disposeStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
+import { shapesBasePath } from "../shapes/base-path.js";
+import { addNoise, colourCast } from "../shapes/degrade.js";
+import { WorldRng } from "../shapes/rng.js";
+import {
+  COLOURS,
+  DEFAULT_SUBJECT,
+  generateWorld,
+  renderScene,
+  type Scene,
+  type SubjectDefinition,
+  writeSceneFolder,
+} from "../shapes/world.js";
+import { checkBase } from "./demo.js";
+import {
+  type ExperimentResult,
+  type ExperimentSpec,
+  evalSubjectOf,
+  runExperiment,
+  type SubjectData,
+  sampleExperiment,
+  writeSubject,
+} from "./experiment.js";
+
+/** The lab's second subject: a blue star with a yellow dot, of the same class as the first. */
+export const SECOND_SUBJECT: SubjectDefinition = {
+  shape: "star",
+  colour: "blue",
+  pattern: "dotted",
+  patternColour: "yellow",
+  backgrounds: ["red", "orange", "green"],
+};
+
+export interface LabOptions {
+  out: string;
+  base?: string;
+  quick?: boolean;
+  steps?: number;
+  samples?: number;
+  /** Only these runs (names from labSpecs). */
+  only?: string[];
+  log?: (line: string) => void;
+}
+
+export interface LabRow {
+  name: string;
+  label: string;
+  claim: number;
+  seconds: number;
+  scores: Scores;
+  /** Normalised entropy of the backgrounds of "a TOKEN star" samples (variety of the subject's pictures). */
+  subject_variety: number;
+  /** Share of the identity samples whose background is one the subject's pictures had. */
+  seen_background: number;
+}
+
+/** Class pictures of stars rendered from the world (clean), or degraded with noise and a colour cast. */
+function writeClassPictures(dir: string, n: number, dirty: boolean): void {
+  const stars = generateWorld(99, n * 6)
+    .filter((s) => s.shape === "star")
+    .slice(0, n);
+  if (!dirty) {
+    writeSceneFolder(dir, stars, { caption: { dropColour: true, dropBackground: true } }, { kind: "class, clean" });
+    return;
+  }
+  mkdirSync(dir, { recursive: true });
+  stars.forEach((scene, i) => {
+    const rng = new WorldRng(99, i, 3);
+    const img = colourCast(addNoise(renderScene(scene), 40, rng), 60, rng);
+    writeFileSync(join(dir, `${String(i).padStart(5, "0")}.png`), encodePng({ ...img, channels: 3 }));
+    writeFileSync(join(dir, `${String(i).padStart(5, "0")}.txt`), "a star\n");
+  });
+}
+
+/** One folder holding both subjects' pictures, captioned with their own tokens (optionally naming backgrounds). */
+function writeJointFolder(dir: string, subjects: SubjectData[], withBackground: boolean): void {
+  const scenes: Scene[] = [];
+  const tokens: string[] = [];
+  for (const s of subjects) for (const sc of s.scenes) scenes.push(sc), tokens.push(s.token);
+  mkdirSync(dir, { recursive: true });
+  scenes.forEach((scene, i) => {
+    const stem = join(dir, String(i).padStart(5, "0"));
+    writeFileSync(`${stem}.png`, encodePng({ ...renderScene(scene), channels: 3 }));
+    const bg = withBackground
+      ? ` on ${/^[aeiou]/.test(scene.background) ? "an" : "a"} ${scene.background} background`
+      : "";
+    writeFileSync(`${stem}.txt`, `a ${tokens[i]} ${scene.shape}${bg}\n`);
+  });
+}
+
+export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim: number })[] {
+  const data = join(out, "data");
+  const sks = writeSubject(join(data, "sks"), "sks", DEFAULT_SUBJECT, 8, 7);
+  const zwx = writeSubject(join(data, "zwx"), "zwx", SECOND_SUBJECT, 8, 8);
+  writeClassPictures(join(data, "class-clean"), 64, false);
+  writeClassPictures(join(data, "class-dirty"), 64, true);
+  writeJointFolder(join(data, "joint"), [sks, zwx], false);
+  writeJointFolder(join(data, "joint-captioned"), [sks, zwx], true);
+  const clean = () => join(data, "class-clean");
+  const db = { method: "dreambooth" as const, steps, batch: 4, learningRate: 2e-4, trainTextEncoder: true, seed: 1 };
+  return [
+    {
+      ...db,
+      claim: 1,
+      name: "db-prior",
+      label: "Dreambooth + prior (clean class pictures)",
+      subjects: [sks],
+      classImages: 64,
+      classDir: clean,
+    },
+    { ...db, claim: 1, name: "db-no-prior", label: "Dreambooth, no prior", subjects: [sks], classImages: 0 },
+    {
+      ...db,
+      claim: 2,
+      name: "db-prior-dirty",
+      label: "Dreambooth + prior (noisy, colour-cast class pictures)",
+      subjects: [sks],
+      classImages: 64,
+      classDir: () => join(data, "class-dirty"),
+    },
+    {
+      ...db,
+      claim: 3,
+      name: "lora",
+      label: "LoRA rank 8, no prior",
+      method: "lora",
+      learningRate: 2e-3,
+      rank: 8,
+      subjects: [sks],
+      classImages: 0,
+    },
+    {
+      ...db,
+      claim: 4,
+      name: "two-concepts",
+      label: "sks + zwx as two concepts, + prior",
+      subjects: [sks, zwx],
+      classImages: 64,
+      classDir: clean,
+    },
+    {
+      ...db,
+      claim: 4,
+      name: "one-concept",
+      label: "sks + zwx as one concept, + prior",
+      subjects: [sks, zwx],
+      classImages: 64,
+      classDir: clean,
+      oneConcept: join(data, "joint"),
+    },
+    {
+      ...db,
+      claim: 4,
+      name: "one-concept-captioned",
+      label: "sks + zwx as one concept, backgrounds captioned, + prior",
+      subjects: [sks, zwx],
+      classImages: 64,
+      classDir: clean,
+      oneConcept: join(data, "joint-captioned"),
+    },
+  ];
+}
+
+function entropy(values: readonly string[], k: number): number {
+  if (values.length === 0) return 0;
+  const counts = new Map<string, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  let h = 0;
+  for (const c of counts.values()) h -= (c / values.length) * Math.log(c / values.length);
+  return h / Math.log(k);
+}
+
+function varietyOf(runs: readonly PromptSamples[], subjects: SubjectData[]): { variety: number; seen: number } {
+  const ids = runs.filter((r) => r.prompt.kind === "identity");
+  const bgs = ids.flatMap((r) => r.samples.map((s) => s.background ?? "none"));
+  const seenSets = new Map(subjects.map((s) => [s.token, new Set(s.scenes.map((x) => x.background))]));
+  const seen = ids.flatMap((r) =>
+    r.samples.map((s) => (s.background && seenSets.get(r.prompt.subject!)?.has(s.background) ? 1 : 0)),
+  );
+  return {
+    variety: entropy(bgs, COLOURS.length),
+    seen: seen.length ? seen.reduce<number>((a, b) => a + b, 0) / seen.length : 0,
+  };
+}
+
+export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: string; json: string }> {
+  const log = o.log ?? (() => {});
+  const out = resolve(o.out);
+  const basePath = checkBase(o.base ?? shapesBasePath());
+  const steps = o.steps ?? (o.quick ? 40 : 300);
+  const samples = o.samples ?? (o.quick ? 4 : 24);
+  mkdirSync(out, { recursive: true });
+  const specs = labSpecs(out, steps).filter((s) => !o.only || o.only.includes(s.name));
+  const evalOptions: EvalOptions = { samples, seed: 1000, steps: 20, sampler: "ddim", cfg: 5 };
+  const rows: LabRow[] = [];
+  const base = loadStableDiffusion(basePath);
+  const baseRuns = new Map<string, { runs: PromptSamples[]; subjects: SubjectData[] }>();
+  try {
+    for (const spec of specs) {
+      log(`lab: ${spec.name} (${spec.label}), ${spec.steps} steps`);
+      const result: ExperimentResult = await runExperiment(spec, { base: basePath, out, log, quiet: true });
+      const subjects = spec.subjects.map(evalSubjectOf);
+      const key = subjects.map((s) => s.token).join("+");
+      if (!baseRuns.has(key)) {
+        baseRuns.set(key, { runs: evaluateModel(base, subjects, evalOptions, "base"), subjects: spec.subjects });
+      }
+      const runs = sampleExperiment(result, base, subjects, evalOptions);
+      const { variety, seen } = varietyOf(runs, spec.subjects);
+      const scores = scoreRuns(subjects, runs, baseRuns.get(key)!.runs);
+      const seconds = Math.round(result.seconds);
+      rows.push({
+        name: spec.name,
+        label: spec.label,
+        claim: spec.claim,
+        seconds,
+        scores,
+        subject_variety: variety,
+        seen_background: seen,
+      });
+      log(`  ${formatRow(rows.at(-1)!)}`);
+    }
+    for (const [key, { runs, subjects }] of baseRuns) {
+      const { variety, seen } = varietyOf(runs, subjects);
+      const scores = scoreRuns(subjects.map(evalSubjectOf), runs, runs);
+      const label = "the base model, same prompts and seeds";
+      rows.unshift({
+        name: `base-${key}`,
+        label,
+        claim: 0,
+        seconds: 0,
+        scores,
+        subject_variety: variety,
+        seen_background: seen,
+      });
+    }
+  } finally {
+    disposeStableDiffusion(base);
+  }
+  const table = labTable(rows, {
+    steps,
+    samples,
+    prompts: evalPrompts([evalSubjectOf({ token: "sks", definition: DEFAULT_SUBJECT, dir: "", scenes: [] })]).length,
+  });
+  const json = JSON.stringify({ version: 1, base: basePath, steps, eval: evalOptions, rows }, null, 2);
+  writeTextAtomic(join(out, "lab.json"), `${json}\n`);
+  writeTextAtomic(join(out, "lab.md"), table);
+  return { rows, table, json };
+}
+
+const f2 = (x: number | null): string => (x === null ? "–" : x.toFixed(2));
+
+function formatRow(r: LabRow): string {
+  const s = r.scores;
+  return `identity ${f2(s.identity)}, class preservation ${f2(s.class_preservation)}, prompt following ${f2(s.prompt_following)}, bleed ${f2(s.bleed)}, variety ${f2(r.subject_variety)}`;
+}
+
+export function labTable(rows: readonly LabRow[], o: { steps: number; samples: number; prompts: number }): string {
+  const head =
+    "| claim | run | identity | class preservation | subject-like class samples | prompt following | bleed | subject variety | on seen backgrounds | train s |";
+  const lines = rows.map((r) => {
+    const s = r.scores;
+    const subjectLike = s.class_preservation_details?.subject_like ?? null;
+    return `| ${r.claim || "–"} | ${r.label} (${r.name}) | ${f2(s.identity)} | ${f2(s.class_preservation)} | ${f2(subjectLike)} | ${f2(s.prompt_following)} | ${f2(s.bleed)} | ${f2(r.subject_variety)} | ${f2(r.seen_background)} | ${r.seconds} |`;
+  });
+  return [
+    `Runs of ${o.steps} steps; ${o.samples} samples per prompt, seeds from 1000, DDIM 20, CFG 5.`,
+    "",
+    head,
+    `|${"---|".repeat(10)}`,
+    ...lines,
+    "",
+  ].join("\n");
+}
