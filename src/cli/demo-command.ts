@@ -5,18 +5,18 @@ import { runDemo } from "../demo/demo.js";
 import { runLab } from "../demo/lab.js";
 import { num, parse, str } from "./args.js";
 
+const FLAGS = {
+  out: { type: "string" },
+  base: { type: "string" },
+  quick: { type: "boolean" },
+  steps: { type: "string" },
+  samples: { type: "string" },
+} as const;
+
+const NO_POSITIONALS = { min: 0, max: 0, names: "no arguments (flags only)" };
+
 export async function demoCommand(argv: string[]): Promise<number> {
-  const { values } = parse(
-    argv,
-    {
-      out: { type: "string" },
-      base: { type: "string" },
-      quick: { type: "boolean" },
-      steps: { type: "string" },
-      samples: { type: "string" },
-    },
-    { min: 0, max: 0, names: "no arguments (flags only)" },
-  );
+  const { values } = parse(argv, FLAGS, NO_POSITIONALS);
   const out = resolve(str(values, "out") ?? "atelier-demo");
   const r = await runDemo({
     out,
@@ -38,18 +38,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
 }
 
 export async function labCommand(argv: string[]): Promise<number> {
-  const { values } = parse(
-    argv,
-    {
-      out: { type: "string" },
-      base: { type: "string" },
-      quick: { type: "boolean" },
-      steps: { type: "string" },
-      samples: { type: "string" },
-      only: { type: "string" },
-    },
-    { min: 0, max: 0, names: "no arguments (flags only)" },
-  );
+  const { values } = parse(argv, { ...FLAGS, only: { type: "string" } }, NO_POSITIONALS);
   const only = str(values, "only")
     ?.split(",")
     .map((s) => s.trim())

@@ -45,7 +45,11 @@ export function unetConfigOf(c: SDConfigs): UNetConfig {
 }
 
 export function textConfigOf(c: SDConfigs): ClipTextConfig {
-  const t = c.textEncoder;
+  return clipConfigOf(c.textEncoder);
+}
+
+/** The text encoder's build config from its checkpoint config (transformers CLIPTextConfig fields). */
+export function clipConfigOf(t: SDConfigs["textEncoder"]): ClipTextConfig {
   return {
     vocabSize: t.vocabSize,
     hiddenSize: t.hiddenSize,

@@ -105,7 +105,12 @@ export class DreamboothMethod implements TrainingMethod {
         out.push({ path, kind: "checkpoint", format: `ldm_safetensors${this.config.save.half ? "_fp16" : ""}` });
       } else if (format === "diffusers") {
         const path = join(outputDir, `${baseName}${tag}-diffusers`);
-        saveCheckpoint(components, path, { ...common, layout: "diffusers", overwrite: true, tokenizerFrom: m.tokenizerDir });
+        saveCheckpoint(components, path, {
+          ...common,
+          layout: "diffusers",
+          overwrite: true,
+          tokenizerFrom: m.tokenizerDir,
+        });
         out.push({ path, kind: "diffusers", format: "diffusers" });
       } else {
         throw new Error(

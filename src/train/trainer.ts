@@ -322,7 +322,8 @@ async function prepareClassImages(c: TrainConfig, model: LoadedStableDiffusion, 
       batch: c.concepts[i].class_batch_size,
       // About ten progress lines, not one per image.
       onProgress: (done, all) => {
-        if (done === all || done % Math.max(1, Math.ceil(all / 10)) === 0) log(`class images for concept ${i + 1}: ${done}/${all}`);
+        if (done === all || done % Math.max(1, Math.ceil(all / 10)) === 0)
+          log(`class images for concept ${i + 1}: ${done}/${all}`);
       },
     });
     if (r.generated.length) log(`generated ${r.generated.length} class image(s) in ${r.dir}`);

@@ -20,6 +20,7 @@ after(() => rmSync(root, { recursive: true, force: true }));
 const tiny = { ...quickRecipe(), scenes: 128 };
 tiny.vaeTrain = { ...tiny.vaeTrain, steps: 4, decoderSteps: 2, warmup: 1 };
 tiny.unetTrain = { ...tiny.unetTrain, steps: 4, batch: 8, warmup: 1 };
+tiny.vaeRefine = { ...tiny.vaeRefine, steps: 2, warmup: 1 };
 
 test("build-base writes a diffusers model that loads, with recipe, logs, tokenizer and quality report", async () => {
   const out = join(root, "base");

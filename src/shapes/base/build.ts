@@ -19,7 +19,7 @@ import { renderWorld, toUnitRange, type WorldImages } from "./data.js";
 import { type BaseQuality, measureBaseQuality } from "./quality.js";
 import { BASE_RECIPE, type BaseRecipe } from "./recipe.js";
 import { trainUNet } from "./train-unet.js";
-import { measureScalingFactor, trainVae } from "./train-vae.js";
+import { refineVae, trainVae, type VaeStageOptions } from "./train-vae.js";
 
 export interface BuildBaseOptions {
   out: string;
@@ -44,28 +44,63 @@ export function quickRecipe(r: BaseRecipe = BASE_RECIPE): BaseRecipe {
     ...r,
     scenes: 512,
     vaeTrain: { ...r.vaeTrain, steps: 30, batch: 8, warmup: 5, decoderSteps: 5 },
+    vaeRefine: { ...r.vaeRefine, steps: 10, batch: 8, warmup: 2 },
     unetTrain: { ...r.unetTrain, steps: 30, batch: 16, warmup: 5 },
   };
 }
 
-function loadVaeStage(dir: string, recipe: BaseRecipe): AutoencoderKL | null {
-  const weights = join(dir, "vae.safetensors");
-  const meta = join(dir, "vae.json");
+function loadVae(weights: string, meta: string, key: unknown, recipe: BaseRecipe): AutoencoderKL | null {
   if (!existsSync(weights) || !existsSync(meta)) return null;
   const { scalingFactor, recipe: saved } = JSON.parse(readFileSync(meta, "utf8"));
-  if (
-    JSON.stringify(saved) !==
-    JSON.stringify({ vae: recipe.vae, vaeTrain: recipe.vaeTrain, seed: recipe.seed, scenes: recipe.scenes })
-  )
-    return null;
+  if (JSON.stringify(saved) !== JSON.stringify(key)) return null;
   const vae = new AutoencoderKL({ ...recipe.vae, scalingFactor }, { mode: "empty" });
-  const { tensors: sd } = loadSafetensors(weights);
+  const { tensors } = loadSafetensors(weights);
   try {
-    vae.loadStateDict(sd);
+    vae.loadStateDict(tensors);
   } finally {
-    for (const t of sd.values()) t.dispose();
+    for (const t of tensors.values()) t.dispose();
   }
   return vae.eval().requiresGrad_(false);
+}
+
+/** The same weights under a VAE whose config carries `scalingFactor` (as SD's 0.18215). */
+function withScaling(vae: AutoencoderKL, scalingFactor: number): AutoencoderKL {
+  const scaled = new AutoencoderKL({ ...vae.config, scalingFactor }, { mode: "empty" });
+  scaled.loadStateDict(vae.stateDict());
+  vae.dispose();
+  return scaled.eval().requiresGrad_(false);
+}
+
+function saveVae(vae: AutoencoderKL, weights: string, meta: string, key: unknown): void {
+  saveSafetensors(weights, vae.stateDict());
+  writeFileSync(meta, JSON.stringify({ scalingFactor: vae.scalingFactor, recipe: key }));
+}
+
+/** Stage 1 (VAE) and 1b (refinement), each reused from the work folder when its settings are unchanged. */
+function vaeStage(o: VaeStageOptions, work: string): AutoencoderKL {
+  const { recipe } = o;
+  const log = o.log ?? (() => {});
+  const key1 = { vae: recipe.vae, vaeTrain: recipe.vaeTrain, seed: recipe.seed, scenes: recipe.scenes };
+  const key2 = { ...key1, vaeRefine: recipe.vaeRefine };
+  const refined = loadVae(join(work, "vae-refined.safetensors"), join(work, "vae-refined.json"), key2, recipe);
+  if (refined) {
+    log(`vae: reusing ${join(work, "vae-refined.safetensors")}`);
+    return refined;
+  }
+  let vae = loadVae(join(work, "vae.safetensors"), join(work, "vae.json"), key1, recipe);
+  if (vae) log(`vae: reusing ${join(work, "vae.safetensors")}`);
+  else {
+    const r = trainVae(o);
+    vae = withScaling(r.vae, r.scalingFactor);
+    saveVae(vae, join(work, "vae.safetensors"), join(work, "vae.json"), key1);
+    log(`vae: scaling factor ${r.scalingFactor}`);
+  }
+  if (recipe.vaeRefine.steps === 0) return vae;
+  const r = refineVae(vae, o);
+  vae = withScaling(vae, r.scalingFactor);
+  saveVae(vae, join(work, "vae-refined.safetensors"), join(work, "vae-refined.json"), key2);
+  log(`vae refined: scaling factor ${r.scalingFactor}`);
+  return vae;
 }
 
 /** The scaled latents (encoder means × scaling factor) of every scene. */
@@ -103,26 +138,7 @@ export async function buildBase(o: BuildBaseOptions): Promise<BuildBaseResult> {
   let vae: AutoencoderKL | null = null;
   let latents: Tensor | null = null;
   try {
-    vae = loadVaeStage(work, recipe);
-    if (vae) log(`vae: reusing ${join(work, "vae.safetensors")}`);
-    else {
-      const r = trainVae({ recipe, data, generator, logDir, log });
-      vae = r.vae;
-      // The measured scaling factor goes into the config, as SD's 0.18215.
-      const scaled = new AutoencoderKL({ ...recipe.vae, scalingFactor: r.scalingFactor }, { mode: "empty" });
-      scaled.loadStateDict(vae.stateDict());
-      vae.dispose();
-      vae = scaled.eval().requiresGrad_(false);
-      saveSafetensors(join(work, "vae.safetensors"), vae.stateDict());
-      writeFileSync(
-        join(work, "vae.json"),
-        JSON.stringify({
-          scalingFactor: r.scalingFactor,
-          recipe: { vae: recipe.vae, vaeTrain: recipe.vaeTrain, seed: recipe.seed, scenes: recipe.scenes },
-        }),
-      );
-      log(`vae: scaling factor ${r.scalingFactor}`);
-    }
+    vae = vaeStage({ recipe, data, generator, logDir, log }, work);
     latents = encodeAll(vae, data);
     const { unet, textEncoder } = trainUNet({
       recipe,
@@ -162,7 +178,7 @@ export async function buildBase(o: BuildBaseOptions): Promise<BuildBaseResult> {
   const quality = await measureBaseQuality(o.out, { samples: o.qualitySamples ?? 8, sampling: recipe.sampling });
   const seconds = (performance.now() - start) / 1000;
   mkdirSync(join(o.out, "training"), { recursive: true });
-  for (const f of ["vae.jsonl", "vae-decoder.jsonl", "unet.jsonl"]) {
+  for (const f of ["vae.jsonl", "vae-decoder.jsonl", "vae-refine.jsonl", "unet.jsonl"]) {
     if (existsSync(join(logDir, f))) writeFileSync(join(o.out, "training", f), readFileSync(join(logDir, f)));
   }
   writeTextAtomic(

@@ -6,6 +6,7 @@
 // partial) so that classifier-free guidance and short prompts work.
 import { copy_, type Generator, indexSelect, lerp_, noGrad, scope, type Tensor, tensor } from "../../engine/index.js";
 import { type ClipTextConfig, ClipTextModel, type ClipTokenizer } from "../../models/clip/index.js";
+import { clipConfigOf } from "../../models/stable-diffusion.js";
 import { UNet2DConditionModel } from "../../models/unet/index.js";
 import { NoiseSchedule, SD15_SCHEDULER_CONFIG } from "../../schedulers/index.js";
 import { diffusionLoss, drawNoise } from "../../train/losses.js";
@@ -16,17 +17,7 @@ import type { BaseRecipe } from "./recipe.js";
 import { runStage, type StageRecord } from "./stage.js";
 
 export function baseTextConfig(recipe: BaseRecipe, vocabSize: number): ClipTextConfig {
-  const t = recipe.text;
-  return {
-    vocabSize,
-    hiddenSize: t.hiddenSize,
-    intermediateSize: t.intermediateSize,
-    numLayers: t.numHiddenLayers,
-    numHeads: t.numAttentionHeads,
-    maxPositions: t.maxPositionEmbeddings,
-    hiddenAct: t.hiddenAct,
-    layerNormEps: t.layerNormEps,
-  };
+  return clipConfigOf({ ...recipe.text, vocabSize });
 }
 
 export interface UNetStageOptions {

@@ -91,6 +91,40 @@ export function trainVae(o: VaeStageOptions): VaeStageResult {
   };
 }
 
+/**
+ * Stage 1b: encoder and decoder together again, loss = L1 + edges +
+ * mseWeight · MSE (+ the KL term): the squared error punishes a wrong hue
+ * over a whole object far more than L1 does. Returns the new scaling factor.
+ */
+export function refineVae(vae: AutoencoderKL, o: VaeStageOptions): { records: StageRecord[]; scalingFactor: number } {
+  const { recipe, data, generator } = o;
+  const s = recipe.vaeRefine;
+  const n = data.scenes.length;
+  vae.train().requiresGrad_(true);
+  const records = runStage({
+    name: "vae refine",
+    settings: s,
+    groups: [{ params: vae.parameters(), lr: s.lr }],
+    maxGradNorm: 1,
+    logFile: o.logDir && `${o.logDir}/vae-refine.jsonl`,
+    log: o.log,
+    loss: () => {
+      const x = scope(() => toUnitRange(indexSelect(data.pixels, 0, drawIndices(n, s.batch, generator))));
+      const posterior = vae.encode(x);
+      const decoded = vae.decode(posterior.sample(generator));
+      const rec = reconstructionLoss(decoded, x);
+      const mse = decoded.sub(x).square().mean();
+      const kl = posterior.mean.square().add(posterior.logvar.exp()).sub(1).sub(posterior.logvar).mul(0.5).mean();
+      return {
+        loss: rec.add(mse.mul(s.mseWeight)).add(kl.mul(recipe.vaeTrain.klWeight)),
+        parts: { reconstruction: rec, mse },
+      };
+    },
+  });
+  vae.eval().requiresGrad_(false);
+  return { records, scalingFactor: measureScalingFactor(vae, data) };
+}
+
 /** 1 / std of the encoder's means over (up to) 2048 images, rounded to 5 digits. */
 export function measureScalingFactor(vae: AutoencoderKL, data: WorldImages): number {
   return noGrad(() =>
