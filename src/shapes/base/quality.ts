@@ -5,7 +5,7 @@
 import { toRgbBytes, txt2img } from "../../infer/txt2img.js";
 import { disposeStableDiffusion, loadStableDiffusion, type StableDiffusion } from "../../models/stable-diffusion.js";
 import { type Analysis, analyse } from "../analyser.js";
-import { COLOURS, type Colour, SHAPES, type Shape } from "../world.js";
+import { COLOURS, type Colour, caption, SHAPES, type Shape } from "../world.js";
 
 export interface PromptScore {
   prompt: string;
@@ -61,7 +61,9 @@ export async function measureBaseQuality(
       for (const [j, colour] of COLOURS.entries()) {
         const background = COLOURS[(j + 1 + ((i + j) % 5)) % COLOURS.length];
         for (const bg of [null, background]) {
-          const prompt = `a ${colour} ${shape}${bg ? ` on a ${bg} background` : ""}`.replace(/^a ([aeiou])/, "an $1");
+          // Worded by caption(), as the training captions were ("an orange background").
+          const scene = { shape, colour, background: bg ?? colour, cx: 0, cy: 0, size: 1, rotation: 0, imageSize: 64 };
+          const prompt = caption(scene, { dropBackground: bg === null });
           const analyses = sampleAnalyses(model, prompt, {
             ...o.sampling,
             samples: o.samples,
