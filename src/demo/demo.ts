@@ -7,7 +7,6 @@
 import { existsSync, mkdirSync } from "node:fs";
 import { cpus } from "node:os";
 import { join, resolve } from "node:path";
-import { loadLora } from "../adapters/network.js";
 import { getNumThreads } from "../engine/index.js";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
 import { evalPrompts, type PromptSamples, type Scores, scoreRuns } from "../eval/score.js";
@@ -23,7 +22,7 @@ import {
   evalSubjectOf,
   runExperiment,
   type SubjectData,
-  sampleExperiment,
+  withExperimentModel,
   writeSubject,
 } from "./experiment.js";
 
@@ -107,16 +106,6 @@ function sampleGrids(model: StableDiffusion, prompts: readonly string[], n: numb
   });
 }
 
-function withLora<T>(base: StableDiffusion, path: string | null, f: () => T): T {
-  if (!path) return f();
-  const network = loadLora(base, path, { multiplier: 1 });
-  try {
-    return f();
-  } finally {
-    network.remove();
-  }
-}
-
 const METRICS = ["identity", "class_preservation", "prompt_following", "bleed"] as const;
 
 export function evalTable(scores: Record<string, Scores>): EvalTable {
@@ -161,17 +150,11 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     baseRuns = evaluateModel(base, subjects, evalOptions, "base");
     grids.base = sampleGrids(base, gridPrompts, 8, 1);
     for (const r of results) {
-      runs[r.spec.name] = sampleExperiment(r, base, subjects, evalOptions);
-      if (r.kind === "lora")
-        grids[r.spec.name] = withLora(base, r.artifact, () => sampleGrids(base, gridPrompts, 8, 1));
-      else {
-        const m = loadStableDiffusion(r.artifact);
-        try {
-          grids[r.spec.name] = sampleGrids(m, gridPrompts, 8, 1);
-        } finally {
-          disposeStableDiffusion(m);
-        }
-      }
+      // One load per run serves both its evaluation samples and its grids.
+      withExperimentModel(r, base, (m) => {
+        runs[r.spec.name] = evaluateModel(m, subjects, evalOptions, r.spec.name);
+        grids[r.spec.name] = sampleGrids(m, gridPrompts, 8, 1);
+      });
     }
   } finally {
     disposeStableDiffusion(base);

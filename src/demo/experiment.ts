@@ -6,8 +6,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { loadLora } from "../adapters/network.js";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
-import type { PromptSamples, Scores } from "../eval/score.js";
-import { scoreRuns } from "../eval/score.js";
+import type { PromptSamples } from "../eval/score.js";
 import type { EvalSubject } from "../eval/subject.js";
 import { disposeStableDiffusion, loadStableDiffusion, type StableDiffusion } from "../models/stable-diffusion.js";
 import { caption, generateSubject, type Scene, type SubjectDefinition, writeSceneFolder } from "../shapes/world.js";
@@ -160,6 +159,28 @@ export async function runExperiment(
   };
 }
 
+/** Runs `f` with the experiment's model: its own (loaded once, freed after), or the base with its LoRA attached. */
+export function withExperimentModel<T>(
+  result: ExperimentResult,
+  base: StableDiffusion,
+  f: (m: StableDiffusion) => T,
+): T {
+  if (result.kind === "lora") {
+    const network = loadLora(base, result.artifact, { multiplier: 1 });
+    try {
+      return f(base);
+    } finally {
+      network.remove();
+    }
+  }
+  const model = loadStableDiffusion(result.artifact);
+  try {
+    return f(model);
+  } finally {
+    disposeStableDiffusion(model);
+  }
+}
+
 /** Samples the evaluation prompts with the experiment's result: its model, or the base plus its LoRA. */
 export function sampleExperiment(
   result: ExperimentResult,
@@ -167,26 +188,5 @@ export function sampleExperiment(
   subjects: readonly EvalSubject[],
   options: EvalOptions,
 ): PromptSamples[] {
-  if (result.kind === "lora") {
-    const network = loadLora(base, result.artifact, { multiplier: 1 });
-    try {
-      return evaluateModel(base, subjects, options, result.spec.name);
-    } finally {
-      network.remove();
-    }
-  }
-  const model = loadStableDiffusion(result.artifact);
-  try {
-    return evaluateModel(model, subjects, options, result.spec.name);
-  } finally {
-    disposeStableDiffusion(model);
-  }
-}
-
-export function scoreExperiment(
-  subjects: readonly EvalSubject[],
-  runs: readonly PromptSamples[],
-  baseRuns: readonly PromptSamples[],
-): Scores {
-  return scoreRuns(subjects, runs, baseRuns);
+  return withExperimentModel(result, base, (m) => evaluateModel(m, subjects, options, result.spec.name));
 }

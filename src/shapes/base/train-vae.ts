@@ -7,7 +7,7 @@
 // (../shared/notes/shapes-world-feasibility.md). The latents' scaling factor
 // is measured at the end (1 / their std), as SD's 0.18215 was.
 import { cat, type Generator, indexSelect, noGrad, scope, std, type Tensor } from "../../engine/index.js";
-import { AutoencoderKL } from "../../models/vae/index.js";
+import { AutoencoderKL, type LatentDistribution } from "../../models/vae/index.js";
 import { drawIndices, toUnitRange, type WorldImages } from "./data.js";
 import type { BaseRecipe } from "./recipe.js";
 import { runStage, type StageRecord } from "./stage.js";
@@ -25,6 +25,11 @@ export function reconstructionLoss(decoded: Tensor, target: Tensor): Tensor {
       .add(dy(decoded).sub(dy(target)).abs().mean());
     return pixels.add(edges);
   });
+}
+
+/** Mean over elements of KL(N(mean, exp(logvar)) ‖ N(0, 1)). */
+function klToStandardNormal(p: LatentDistribution): Tensor {
+  return p.mean.square().add(p.logvar.exp()).sub(1).sub(p.logvar).mul(0.5).mean();
 }
 
 export interface VaeStageOptions {
@@ -60,7 +65,7 @@ export function trainVae(o: VaeStageOptions): VaeStageResult {
       const posterior = vae.encode(x);
       const decoded = vae.decode(posterior.sample(generator));
       const rec = reconstructionLoss(decoded, x);
-      const kl = posterior.mean.square().add(posterior.logvar.exp()).sub(1).sub(posterior.logvar).mul(0.5).mean();
+      const kl = klToStandardNormal(posterior);
       return { loss: rec.add(kl.mul(recipe.vaeTrain.klWeight)), parts: { reconstruction: rec, kl } };
     },
   });
@@ -114,7 +119,7 @@ export function refineVae(vae: AutoencoderKL, o: VaeStageOptions): { records: St
       const decoded = vae.decode(posterior.sample(generator));
       const rec = reconstructionLoss(decoded, x);
       const mse = decoded.sub(x).square().mean();
-      const kl = posterior.mean.square().add(posterior.logvar.exp()).sub(1).sub(posterior.logvar).mul(0.5).mean();
+      const kl = klToStandardNormal(posterior);
       return {
         loss: rec.add(mse.mul(s.mseWeight)).add(kl.mul(recipe.vaeTrain.klWeight)),
         parts: { reconstruction: rec, mse },
