@@ -7,21 +7,21 @@
 //  3. LoRA overfits less but varies less: LoRA vs Dreambooth, both without prior;
 //  4. two subjects trained together bleed into each other; defining them as one
 //     concept, or cleaner captions (backgrounds named), changes that.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
 import { evalPrompts, type PromptSamples, type Scores, scoreRuns } from "../eval/score.js";
 import { writeTextAtomic } from "../formats/atomic-write.js";
-import { encodePng } from "../formats/png.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
 import { shapesBasePath } from "../shapes/base-path.js";
 import { addNoise, colourCast } from "../shapes/degrade.js";
 import { WorldRng } from "../shapes/rng.js";
 import {
   COLOURS,
+  caption,
   DEFAULT_SUBJECT,
   generateWorld,
-  renderScene,
+  type Image,
   type Scene,
   type SubjectDefinition,
   writeSceneFolder,
@@ -74,34 +74,37 @@ function writeClassPictures(dir: string, n: number, dirty: boolean): void {
   const stars = generateWorld(99, n * 6)
     .filter((s) => s.shape === "star")
     .slice(0, n);
+  const caption = { dropColour: true, dropBackground: true };
   if (!dirty) {
-    writeSceneFolder(dir, stars, { caption: { dropColour: true, dropBackground: true } }, { kind: "class, clean" });
+    writeSceneFolder(dir, stars, { caption }, { kind: "class, clean" });
     return;
   }
-  mkdirSync(dir, { recursive: true });
-  stars.forEach((scene, i) => {
+  const transform = (img: Image, i: number): Image => {
     const rng = new WorldRng(99, i, 3);
-    const img = colourCast(addNoise(renderScene(scene), 40, rng), 60, rng);
-    writeFileSync(join(dir, `${String(i).padStart(5, "0")}.png`), encodePng({ ...img, channels: 3 }));
-    writeFileSync(join(dir, `${String(i).padStart(5, "0")}.txt`), "a star\n");
-  });
+    return colourCast(addNoise(img, 40, rng), 60, rng);
+  };
+  writeSceneFolder(dir, stars, { caption, transform }, { kind: "class, noise σ40 and a ±60 colour cast" });
 }
 
 /** One folder holding both subjects' pictures, captioned with their own tokens (optionally naming backgrounds). */
 function writeJointFolder(dir: string, subjects: SubjectData[], withBackground: boolean): void {
-  const scenes: Scene[] = [];
-  const tokens: string[] = [];
-  for (const s of subjects) for (const sc of s.scenes) scenes.push(sc), tokens.push(s.token);
-  mkdirSync(dir, { recursive: true });
-  scenes.forEach((scene, i) => {
-    const stem = join(dir, String(i).padStart(5, "0"));
-    writeFileSync(`${stem}.png`, encodePng({ ...renderScene(scene), channels: 3 }));
-    const bg = withBackground
-      ? ` on ${/^[aeiou]/.test(scene.background) ? "an" : "a"} ${scene.background} background`
-      : "";
-    writeFileSync(`${stem}.txt`, `a ${tokens[i]} ${scene.shape}${bg}\n`);
-  });
+  const scenes = subjects.flatMap((s) => s.scenes);
+  const tokens = subjects.flatMap((s) => s.scenes.map(() => s.token));
+  const captionOf = (scene: Scene, i: number): string =>
+    caption(scene, { token: tokens[i], dropBackground: !withBackground });
+  writeSceneFolder(dir, scenes, { captionOf }, { kind: "subjects", tokens });
 }
+
+/** The lab's runs, in the order they run (`--only` takes a comma-separated list of these). */
+export const LAB_RUNS = [
+  "db-prior",
+  "db-no-prior",
+  "db-prior-dirty",
+  "lora",
+  "two-concepts",
+  "one-concept",
+  "one-concept-captioned",
+] as const;
 
 export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim: number })[] {
   const data = join(out, "data");
@@ -204,6 +207,10 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
   const basePath = checkBase(o.base ?? shapesBasePath());
   const steps = o.steps ?? (o.quick ? 40 : 300);
   const samples = o.samples ?? (o.quick ? 4 : 24);
+  const unknown = (o.only ?? []).filter((name) => !(LAB_RUNS as readonly string[]).includes(name));
+  if (unknown.length > 0 || o.only?.length === 0) {
+    throw new Error(`lab: --only: no run named '${unknown.join("', '")}'; the runs are ${LAB_RUNS.join(", ")}`);
+  }
   mkdirSync(out, { recursive: true });
   const specs = labSpecs(out, steps).filter((s) => !o.only || o.only.includes(s.name));
   const evalOptions: EvalOptions = { samples, seed: 1000, steps: 20, sampler: "ddim", cfg: 5 };

@@ -12,7 +12,7 @@ export function packageRoot(): string {
     if (existsSync(join(dir, "package.json"))) return dir;
     dir = resolve(dir, "..");
   }
-  throw new Error("atelier: cannot find the package root (package.json) above " + fileURLToPath(import.meta.url));
+  throw new Error(`atelier: cannot find the package root (package.json) above ${fileURLToPath(import.meta.url)}`);
 }
 
 /** The built-in base model folder (ATELIER_SHAPES_BASE overrides it). */

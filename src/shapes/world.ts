@@ -344,6 +344,10 @@ export interface FolderOptions extends WorldOptions {
   captions?: boolean;
   /** How the captions are written (e.g. a Dreambooth token). */
   caption?: CaptionOptions;
+  /** Each scene's own caption, in place of `caption(scene, o.caption)`. */
+  captionOf?: (scene: Scene, index: number) => string;
+  /** Applied to each rendered image before it is saved (a degradation, say). */
+  transform?: (image: Image, index: number) => Image;
 }
 
 export interface FolderEntry {
@@ -368,13 +372,13 @@ export function writeSceneFolder(
   const out: FolderEntry[] = [];
   scenes.forEach((scene, i) => {
     const stem = join(dir, String(i).padStart(digits, "0"));
-    const img = renderScene(scene);
+    const img = o.transform ? o.transform(renderScene(scene), i) : renderScene(scene);
     const png = encodePng({ width: img.width, height: img.height, channels: 3, data: img.data });
     writeFileAtomic(`${stem}.png`, (fd) => writeAll(fd, png));
     const entry: FolderEntry = { image: `${stem}.png`, scene };
     if (o.captions ?? true) {
       entry.caption = `${stem}.txt`;
-      writeTextAtomic(entry.caption, `${caption(scene, o.caption)}\n`);
+      writeTextAtomic(entry.caption, `${o.captionOf ? o.captionOf(scene, i) : caption(scene, o.caption)}\n`);
     }
     out.push(entry);
   });

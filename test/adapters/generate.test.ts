@@ -17,6 +17,7 @@ import { UNet2DConditionModel } from "../../src/models/unet/index.js";
 import { AutoencoderKL } from "../../src/models/vae/index.js";
 import { SD15_SCHEDULER_CONFIG } from "../../src/schedulers/index.js";
 import { assertClose, checkLeaks, sharedFixture } from "../helpers.js";
+import { TINY_TEXT_CONFIG } from "../tiny-model.js";
 
 checkLeaks();
 
@@ -34,19 +35,7 @@ function tinyModel(): StableDiffusion {
   const model: StableDiffusion = {
     unet: new UNet2DConditionModel("tiny", init).eval(),
     vae: new AutoencoderKL("tiny", init).eval(),
-    textEncoder: new ClipTextModel(
-      {
-        vocabSize: 49408,
-        hiddenSize: 32,
-        intermediateSize: 37,
-        numLayers: 2,
-        numHeads: 4,
-        maxPositions: 77,
-        hiddenAct: "quick_gelu",
-        layerNormEps: 1e-5,
-      },
-      init,
-    ).eval(),
+    textEncoder: new ClipTextModel(TINY_TEXT_CONFIG, init).eval(),
     tokenizer,
     scheduler: SD15_SCHEDULER_CONFIG,
     kind: "sd1",

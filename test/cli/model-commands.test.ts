@@ -6,14 +6,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { injectLora, saveLora } from "../../src/adapters/network.js";
-import { run } from "../../src/cli/main.js";
 import { Generator, noGrad, normal_ } from "../../src/engine/index.js";
 import { readPngText } from "../../src/formats/png.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { ClipTextModel } from "../../src/models/clip/index.js";
 import { UNet2DConditionModel } from "../../src/models/unet/index.js";
+import { cli } from "../cli-helper.js";
 import { checkLeaks, sharedFixture } from "../helpers.js";
-import { writeTinyCheckpoint } from "../tiny-model.js";
+import { TINY_TEXT_CONFIG, writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
@@ -22,22 +22,6 @@ const ckpt = join(dir, "tiny.safetensors");
 const tokenizer = sharedFixture("tokenizer");
 
 before(() => writeTinyCheckpoint(ckpt, 5));
-
-/** Runs the CLI in-process, capturing what it prints. */
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error, write] = [console.log, console.error, process.stderr.write];
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    const code = await run(argv);
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    [console.log, console.error, process.stderr.write] = [log, error, write];
-  }
-}
 
 function latent(path: string): number[] {
   const { tensors } = loadSafetensors(path);
@@ -125,19 +109,7 @@ test("generate --lora-dir (repeatable): <lora:NAME:w> applies the LoRA; a missin
   // a LoRA for the tiny model's layers, with nonzero up factors
   const g = new Generator(21);
   const unet = new UNet2DConditionModel("tiny", { generator: g });
-  const textEncoder = new ClipTextModel(
-    {
-      vocabSize: 49408,
-      hiddenSize: 32,
-      intermediateSize: 37,
-      numLayers: 2,
-      numHeads: 4,
-      maxPositions: 77,
-      hiddenAct: "quick_gelu",
-      layerNormEps: 1e-5,
-    },
-    { generator: g },
-  );
+  const textEncoder = new ClipTextModel(TINY_TEXT_CONFIG, { generator: g });
   const net = injectLora({ unet, textEncoder }, { rank: 4, convRank: 2, generator: g });
   noGrad(() => {
     for (const [k, t] of net.stateDict()) if (k.endsWith("lora_up.weight")) normal_(t, 0, 0.3, g);

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { run } from "../../src/cli/main.js";
+import { cli } from "../cli-helper.js";
 import { checkLeaks, sharedFixture } from "../helpers.js";
 import { writeTinyCheckpoint } from "../tiny-model.js";
 
@@ -15,21 +15,6 @@ const dir = mkdtempSync(join(tmpdir(), "atelier-eval-cli-"));
 const ckpt = join(dir, "tiny.safetensors");
 before(() => writeTinyCheckpoint(ckpt, 5));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const [log, error, write] = [console.log, console.error, process.stderr.write];
-  console.log = (...a: unknown[]) => out.push(a.join(" "));
-  console.error = (...a: unknown[]) => err.push(a.join(" "));
-  process.stderr.write = ((s: string) => err.push(String(s)) > 0) as typeof process.stderr.write;
-  try {
-    const code = await run(argv);
-    return { code, out: out.join("\n"), err: err.join("\n") };
-  } finally {
-    [console.log, console.error, process.stderr.write] = [log, error, write];
-  }
-}
 
 test("usage errors exit 2 and name the flag", async () => {
   const cases: [string[], RegExp][] = [

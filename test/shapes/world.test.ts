@@ -244,3 +244,25 @@ test("writeWorldFolder writes PNGs that decode to the rendered pixels, caption s
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("writeSceneFolder: per-scene captions and an image transform", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "shapes-folder-"));
+  try {
+    const scenes = generateWorld(6, 3);
+    const invert = (img: { width: number; height: number; data: Uint8Array }, i: number) => ({
+      ...img,
+      data: img.data.map((v) => (i === 1 ? 255 - v : v)),
+    });
+    writeSceneFolder(dir, scenes, { captionOf: (s, i) => `picture ${i} of a ${s.shape}`, transform: invert });
+    assert.equal(readFileSync(join(dir, "00002.txt"), "utf8"), `picture 2 of a ${scenes[2].shape}\n`);
+    for (const i of [0, 1]) {
+      const { data } = await sharp(readFileSync(join(dir, `0000${i}.png`)))
+        .raw()
+        .toBuffer({ resolveWithObject: true });
+      const want = invert(renderScene(scenes[i]), i).data;
+      assert.ok(Buffer.from(want).equals(data), `image ${i} is the transformed rendering`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
