@@ -1,5 +1,6 @@
 // `atelier shapes …`: the shapes world from the command line — write a folder
 // of its images (or of the Dreambooth subject), and build the base model.
+import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { buildBase, quickRecipe } from "../shapes/base/build.js";
 import { BASE_RECIPE } from "../shapes/base/recipe.js";
@@ -9,8 +10,9 @@ import { num, parse, str, UsageError } from "./args.js";
 
 const USAGE = `usage:
   atelier shapes world DIR [--n N] [--seed S] [--subject]   write N images with caption files
-  atelier shapes build-base [--out DIR] [--quick] [--keep-work] [--samples N]
-                                 train the base model from random weights (about 40 min on 2 cores)`;
+  atelier shapes build-base [--out DIR] [--quick] [--keep-work] [--samples N] [--vae-from MODEL]
+                                 train the base model from random weights (about 90 min on 2 cores);
+                                 --vae-from takes the VAE's first two stages from a model built before`;
 
 export async function shapesCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -45,21 +47,25 @@ async function buildBaseCommand(argv: string[]): Promise<number> {
       quick: { type: "boolean" },
       "keep-work": { type: "boolean" },
       samples: { type: "string" },
+      "vae-from": { type: "string" },
     },
     { min: 0, max: 0, names: "no arguments" },
   );
   const out = resolve(str(values, "out") ?? shapesBasePath());
   const recipe = values.quick ? quickRecipe() : BASE_RECIPE;
+  const vaeFrom = str(values, "vae-from");
+  if (vaeFrom !== undefined && !existsSync(vaeFrom)) throw new UsageError(`--vae-from ${vaeFrom}: no such model`);
   const r = await buildBase({
     out,
     recipe,
     keepWork: values["keep-work"] === true,
+    vaeFrom,
     qualitySamples: num(values, "samples", { integer: true, min: 1, max: 256 }) ?? (values.quick ? 2 : 8),
     log: (line) => console.error(line),
   });
   const q = r.quality;
   console.log(
-    `base model in ${r.out} (${(r.seconds / 60).toFixed(1)} min): colour ${pct(q.colour)}, shape ${pct(q.shape)}, both ${pct(q.both)}, background ${pct(q.background)}`,
+    `base model in ${r.out} (${(r.seconds / 60).toFixed(1)} min): colour ${pct(q.colour)}, shape ${pct(q.shape)}, both ${pct(q.both)}, background ${pct(q.background)}; prompts mostly right ${pct(q.mostlyRight)}`,
   );
   return 0;
 }

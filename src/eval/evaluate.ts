@@ -65,6 +65,23 @@ export function resolveEvalOptions(model: StableDiffusion, o: EvalOptions = {}):
   return s;
 }
 
+/** One txt2img batch of `prompt` (`batch` samples from `seed`), as RGB bytes; no tensor outlives it. */
+export function sampleRgb(
+  model: StableDiffusion,
+  prompt: string,
+  s: { seed: number; batch: number; steps: number; cfg: number; sampler: string; width?: number; height?: number },
+): PixelImage[] {
+  return scope(() => {
+    const r = txt2img(model, { prompt, ...s });
+    try {
+      return toRgbBytes(r.images).map((img) => ({ ...img, channels: 3 }));
+    } finally {
+      r.latents.dispose();
+      r.images.dispose();
+    }
+  });
+}
+
 /**
  * Samples every evaluation prompt of `subjects`, `samples` per prompt, and
  * analyses them. Samples come in batches: the batch starting at sample k uses
@@ -86,27 +103,14 @@ export function evaluateModel(
     const samples: Analysis[] = [];
     const images: PixelImage[] = [];
     for (let start = 0; start < s.samples; start += s.batch) {
-      const rgb = scope(() => {
-        const r = txt2img(model, {
-          prompt: prompt.text,
-          seed: s.seed + start,
-          batch: Math.min(s.batch, s.samples - start),
-          steps: s.steps,
-          cfg: s.cfg,
-          sampler: s.sampler,
-          width: s.width,
-          height: s.height,
-        });
-        try {
-          return toRgbBytes(r.images);
-        } finally {
-          r.latents.dispose();
-          r.images.dispose();
-        }
+      const rgb = sampleRgb(model, prompt.text, {
+        ...s,
+        seed: s.seed + start,
+        batch: Math.min(s.batch, s.samples - start),
       });
       for (const img of rgb) {
-        samples.push(analyse({ ...img, channels: 3 }));
-        if (prompt.kind === "class") images.push({ ...img, channels: 3 });
+        samples.push(analyse(img));
+        if (prompt.kind === "class") images.push(img);
       }
       o.onProgress?.(++done, perPrompt * prompts.length, `${label}: ${prompt.text}`);
     }

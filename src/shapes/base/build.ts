@@ -12,14 +12,15 @@ import { writeTextAtomic } from "../../formats/atomic-write.js";
 import { saveCheckpoint } from "../../formats/checkpoint.js";
 import { loadSafetensors, saveSafetensors } from "../../formats/safetensors.js";
 import { ClipTokenizer } from "../../models/clip/index.js";
+import { loadStableDiffusion } from "../../models/stable-diffusion.js";
 import { AutoencoderKL } from "../../models/vae/index.js";
 import { SD15_SCHEDULER_CONFIG } from "../../schedulers/index.js";
 import { DREAMBOOTH_IDENTIFIERS, worldBpe, writeTokenizerFiles } from "../vocab.js";
-import { renderWorld, toUnitRange, type WorldImages } from "./data.js";
-import { type BaseQuality, measureBaseQuality } from "./quality.js";
+import { patternedScenes, renderScenes, renderWorld, toUnitRange, type WorldImages } from "./data.js";
+import { type BaseQuality, measureBaseQuality, measureVaeReconstruction } from "./quality.js";
 import { BASE_RECIPE, type BaseRecipe } from "./recipe.js";
 import { trainUNet } from "./train-unet.js";
-import { refineVae, trainVae, type VaeStageOptions } from "./train-vae.js";
+import { detailVae, refineVae, trainVae, type VaeStageOptions } from "./train-vae.js";
 
 export interface BuildBaseOptions {
   out: string;
@@ -27,6 +28,8 @@ export interface BuildBaseOptions {
   work?: string;
   keepWork?: boolean;
   recipe?: BaseRecipe;
+  /** Take the VAE's stages 1 and 1b from this model (a folder or file) instead of training them. */
+  vaeFrom?: string;
   /** Samples per prompt of the quality check (default 8). */
   qualitySamples?: number;
   log?: (line: string) => void;
@@ -45,6 +48,7 @@ export function quickRecipe(r: BaseRecipe = BASE_RECIPE): BaseRecipe {
     scenes: 512,
     vaeTrain: { ...r.vaeTrain, steps: 30, batch: 8, warmup: 5, decoderSteps: 5 },
     vaeRefine: { ...r.vaeRefine, steps: 10, batch: 8, warmup: 2 },
+    vaeDetail: { ...r.vaeDetail, steps: 10, batch: 8, warmup: 2, patternedScenes: 128 },
     unetTrain: { ...r.unetTrain, steps: 30, batch: 16, warmup: 5 },
   };
 }
@@ -76,12 +80,65 @@ function saveVae(vae: AutoencoderKL, weights: string, meta: string, key: unknown
   writeFileSync(meta, JSON.stringify({ scalingFactor: vae.scalingFactor, recipe: key }));
 }
 
-/** Stage 1 (VAE) and 1b (refinement), each reused from the work folder when its settings are unchanged. */
-function vaeStage(o: VaeStageOptions, work: string): AutoencoderKL {
+/** The VAE of an existing model folder or file (`--vae-from`), which must have the recipe's architecture. */
+function vaeOfModel(path: string, recipe: BaseRecipe): AutoencoderKL {
+  const m = loadStableDiffusion(path);
+  m.unet.dispose();
+  m.textEncoder.dispose();
+  const { scalingFactor, ...config } = m.vae.config;
+  const { scalingFactor: _, ...want } = recipe.vae;
+  if (JSON.stringify(config) !== JSON.stringify(want)) {
+    m.vae.dispose();
+    throw new Error(`--vae-from ${path}: its VAE is not the recipe's (${JSON.stringify(config)})`);
+  }
+  return m.vae.eval().requiresGrad_(false);
+}
+
+/**
+ * Stage 1 (VAE), 1b (refinement) and 1c (details), each reused from the work
+ * folder when its settings are unchanged; `vaeFrom` takes stages 1 and 1b
+ * from a model built before (the shipped base's VAE is their output, in fp16).
+ */
+function vaeStage(o: VaeStageOptions, work: string, vaeFrom?: string): AutoencoderKL {
   const { recipe } = o;
   const log = o.log ?? (() => {});
   const key1 = { vae: recipe.vae, vaeTrain: recipe.vaeTrain, seed: recipe.seed, scenes: recipe.scenes };
   const key2 = { ...key1, vaeRefine: recipe.vaeRefine };
+  const key3 = { ...key2, vaeDetail: recipe.vaeDetail, vaeFrom: vaeFrom ?? null };
+  const detailed = loadVae(join(work, "vae-detailed.safetensors"), join(work, "vae-detailed.json"), key3, recipe);
+  if (detailed) {
+    log(`vae: reusing ${join(work, "vae-detailed.safetensors")}`);
+    return detailed;
+  }
+  let vae = vaeFrom ? vaeOfModel(vaeFrom, recipe) : refinedVae(o, work, key1, key2);
+  if (vaeFrom) {
+    log(`vae: stages 1 and 1b from ${vaeFrom}`);
+    // Their loss logs come along, so the new folder still records every stage.
+    for (const f of ["vae.jsonl", "vae-decoder.jsonl", "vae-refine.jsonl"]) {
+      const from = join(vaeFrom, "training", f);
+      if (o.logDir && existsSync(from)) {
+        mkdirSync(o.logDir, { recursive: true });
+        writeFileSync(join(o.logDir, f), readFileSync(from));
+      }
+    }
+  }
+  if (recipe.vaeDetail.steps === 0) return vae;
+  const patterned = renderScenes(patternedScenes(recipe.seed, recipe.vaeDetail.patternedScenes, recipe.vae.sampleSize));
+  try {
+    const r = detailVae(vae, patterned, o);
+    vae = withScaling(vae, r.scalingFactor);
+  } finally {
+    patterned.pixels.dispose();
+  }
+  saveVae(vae, join(work, "vae-detailed.safetensors"), join(work, "vae-detailed.json"), key3);
+  log(`vae details: scaling factor ${vae.scalingFactor}`);
+  return vae;
+}
+
+/** Stages 1 and 1b. */
+function refinedVae(o: VaeStageOptions, work: string, key1: unknown, key2: unknown): AutoencoderKL {
+  const { recipe } = o;
+  const log = o.log ?? (() => {});
   const refined = loadVae(join(work, "vae-refined.safetensors"), join(work, "vae-refined.json"), key2, recipe);
   if (refined) {
     log(`vae: reusing ${join(work, "vae-refined.safetensors")}`);
@@ -138,7 +195,11 @@ export async function buildBase(o: BuildBaseOptions): Promise<BuildBaseResult> {
   let vae: AutoencoderKL | null = null;
   let latents: Tensor | null = null;
   try {
-    vae = vaeStage({ recipe, data, generator, logDir, log }, work);
+    vae = vaeStage({ recipe, data, generator, logDir, log }, work, o.vaeFrom);
+    const rec = measureVaeReconstruction(vae, { world: 200 });
+    log(
+      `vae reconstructions: world shape ${rec.world.shape}, colour ${rec.world.colour}, background ${rec.world.background}; subject star ${rec.subject.shape}, yellow ${rec.subject.colour}, red dot ${rec.subject.dot}`,
+    );
     latents = encodeAll(vae, data);
     const { unet, textEncoder } = trainUNet({
       recipe,
@@ -178,12 +239,12 @@ export async function buildBase(o: BuildBaseOptions): Promise<BuildBaseResult> {
   const quality = await measureBaseQuality(o.out, { samples: o.qualitySamples ?? 8, sampling: recipe.sampling });
   const seconds = (performance.now() - start) / 1000;
   mkdirSync(join(o.out, "training"), { recursive: true });
-  for (const f of ["vae.jsonl", "vae-decoder.jsonl", "vae-refine.jsonl", "unet.jsonl"]) {
+  for (const f of ["vae.jsonl", "vae-decoder.jsonl", "vae-refine.jsonl", "vae-detail.jsonl", "unet.jsonl"]) {
     if (existsSync(join(logDir, f))) writeFileSync(join(o.out, "training", f), readFileSync(join(logDir, f)));
   }
   writeTextAtomic(
     join(o.out, "recipe.json"),
-    `${JSON.stringify({ recipe, scheduler: SD15_SCHEDULER_CONFIG, seconds: Math.round(seconds), built: new Date().toISOString() }, null, 2)}\n`,
+    `${JSON.stringify({ recipe, vaeFrom: o.vaeFrom ?? null, scheduler: SD15_SCHEDULER_CONFIG, seconds: Math.round(seconds), built: new Date().toISOString() }, null, 2)}\n`,
   );
   writeTextAtomic(join(o.out, "quality.json"), `${JSON.stringify(quality, null, 2)}\n`);
   if (!o.keepWork) rmSync(work, { recursive: true, force: true });

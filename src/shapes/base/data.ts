@@ -3,8 +3,17 @@
 // [-1, 1] floats, and captions with the dropout the recipe asks for, so that
 // "", "a star" and "a star on a blue background" are all prompts the model knows.
 import { type Generator, randint, scope, type Tensor, tensor } from "../../engine/index.js";
-import { type Random, uniform } from "../rng.js";
-import { caption, generateWorld, renderScene, type Scene } from "../world.js";
+import { pick, type Random, uniform, WorldRng } from "../rng.js";
+import {
+  COLOURS,
+  caption,
+  generateWorld,
+  type Pattern,
+  renderScene,
+  type Scene,
+  SUBJECT,
+  sampleScene,
+} from "../world.js";
 
 export interface WorldImages {
   scenes: Scene[];
@@ -15,11 +24,43 @@ export interface WorldImages {
 
 /** Renders the first `n` scenes of the world with `seed` (≈1 ms each). */
 export function renderWorld(seed: number, n: number, size = 64): WorldImages {
-  const scenes = generateWorld(seed, n, { imageSize: size });
+  return renderScenes(generateWorld(seed, n, { imageSize: size }), size);
+}
+
+/**
+ * `n` shapes with a dot or a second colour (any shape, colour and pattern
+ * colour but the Dreambooth subject's own combination), for the VAE alone:
+ * a codec trained on plain shapes only blends a red dot on yellow into one
+ * orange star, so no subject could be learned through it. SD's VAE has seen
+ * every kind of detail; the UNet never sees these scenes.
+ */
+export function patternedScenes(seed: number, n: number, size = 64): Scene[] {
+  return Array.from({ length: n }, (_, i) => {
+    const rng = new WorldRng(seed, i, 2);
+    for (;;) {
+      const scene = sampleScene(rng, { imageSize: size, minSize: 0.6 });
+      const pattern: Pattern = pick(rng, ["dotted", "two-tone"] as const);
+      const patternColour = pick(
+        rng,
+        COLOURS.filter((c) => c !== scene.colour && c !== scene.background),
+      );
+      const isSubject =
+        scene.shape === SUBJECT.shape &&
+        scene.colour === SUBJECT.colour &&
+        pattern === SUBJECT.pattern &&
+        patternColour === SUBJECT.patternColour;
+      if (!isSubject) return { ...scene, pattern, patternColour };
+    }
+  });
+}
+
+/** Renders scenes into one uint8 tensor, channels first. */
+export function renderScenes(scenes: Scene[], size = 64): WorldImages {
+  const n = scenes.length;
   const plane = size * size;
   const out = new Uint8Array(n * 3 * plane);
   scenes.forEach((scene, i) => {
-    const { data } = renderScene(scene);
+    const { data } = renderScene(scene, { imageSize: size });
     const base = i * 3 * plane;
     for (let p = 0; p < plane; p++) {
       out[base + p] = data[3 * p];

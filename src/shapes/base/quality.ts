@@ -2,10 +2,24 @@
 // × shape) and of "a red circle on a blue background", read by the analyser:
 // the share whose colour, shape and background are the ones asked for.
 
-import { toRgbBytes, txt2img } from "../../infer/txt2img.js";
+import { noGrad, scope } from "../../engine/index.js";
+import { sampleRgb } from "../../eval/evaluate.js";
+import { toRgbBytes } from "../../infer/txt2img.js";
 import { disposeStableDiffusion, loadStableDiffusion, type StableDiffusion } from "../../models/stable-diffusion.js";
+import type { AutoencoderKL } from "../../models/vae/index.js";
 import { type Analysis, analyse } from "../analyser.js";
-import { COLOURS, type Colour, caption, SHAPES, type Shape } from "../world.js";
+import {
+  COLOURS,
+  type Colour,
+  caption,
+  generateSubject,
+  generateWorld,
+  type Scene,
+  SHAPES,
+  type Shape,
+  SUBJECT,
+} from "../world.js";
+import { renderScenes, toUnitRange } from "./data.js";
 
 export interface PromptScore {
   prompt: string;
@@ -28,6 +42,10 @@ export interface BaseQuality {
   both: number;
   /** Over the prompts that name a background. */
   background: number;
+  /** Share of the prompts most of whose samples have shape and colour right ("most samples of 'a red circle' are red circles"). */
+  mostlyRight: number;
+  /** What the VAE alone keeps: the ceiling of every sample. */
+  vae: VaeReconstruction;
   prompts: PromptScore[];
 }
 
@@ -37,13 +55,62 @@ export function sampleAnalyses(
   prompt: string,
   o: { samples: number; seed: number; sampler: string; steps: number; cfg: number },
 ): Analysis[] {
-  const r = txt2img(model, { prompt, batch: o.samples, seed: o.seed, sampler: o.sampler, steps: o.steps, cfg: o.cfg });
-  try {
-    return toRgbBytes(r.images).map((img) => analyse(img));
-  } finally {
-    r.images.dispose();
-    r.latents.dispose();
-  }
+  return sampleRgb(model, prompt, { ...o, batch: o.samples }).map((img) => analyse(img));
+}
+
+export interface VaeReconstruction {
+  /** Unseen world scenes: shares of reconstructions the analyser reads right. */
+  world: { scenes: number; shape: number; colour: number; background: number };
+  /** The Dreambooth subject (never trained on): star, yellow, and its red dot. */
+  subject: { scenes: number; shape: number; colour: number; dot: number };
+}
+
+/** Encodes and decodes unseen world scenes and subject pictures, and reads them back with the analyser. */
+export function measureVaeReconstruction(
+  vae: AutoencoderKL,
+  o: { world?: number; subject?: number } = {},
+): VaeReconstruction {
+  const world = generateWorld(4242, o.world ?? 400);
+  const subject = generateSubject(4243, o.subject ?? 64);
+  const readBack = (scenes: Scene[]): Analysis[] => {
+    const out: Analysis[] = [];
+    for (let i = 0; i < scenes.length; i += 64) {
+      const part = renderScenes(scenes.slice(i, i + 64), vae.config.sampleSize);
+      try {
+        const images = noGrad(() =>
+          scope(() =>
+            vae
+              .decode(vae.encode(toUnitRange(part.pixels)).mean)
+              .div(2)
+              .add(0.5)
+              .clamp(0, 1),
+          ),
+        );
+        out.push(...toRgbBytes(images).map((img) => analyse(img)));
+        images.dispose();
+      } finally {
+        part.pixels.dispose();
+      }
+    }
+    return out;
+  };
+  const w = readBack(world);
+  const s = readBack(subject);
+  const count = (a: Analysis[], f: (x: Analysis, i: number) => boolean) => share(a.filter(f).length, a.length);
+  return {
+    world: {
+      scenes: w.length,
+      shape: count(w, (a, i) => a.shape === world[i].shape),
+      colour: count(w, (a, i) => a.colour === world[i].colour),
+      background: count(w, (a, i) => a.background === world[i].background),
+    },
+    subject: {
+      scenes: s.length,
+      shape: count(s, (a) => a.shape === SUBJECT.shape),
+      colour: count(s, (a) => a.colour === SUBJECT.colour),
+      dot: count(s, (a) => a.dot === SUBJECT.patternColour),
+    },
+  };
 }
 
 const share = (n: number, d: number): number => (d === 0 ? 0 : Math.round((n / d) * 1000) / 1000);
@@ -56,7 +123,9 @@ export async function measureBaseQuality(
   const seed = o.seed ?? 1;
   const settings = { ...o.sampling, samples: o.samples, seed };
   const prompts: PromptScore[] = [];
+  let vae: VaeReconstruction;
   try {
+    vae = measureVaeReconstruction(model.vae);
     for (const [i, shape] of SHAPES.entries()) {
       for (const [j, colour] of COLOURS.entries()) {
         const background = COLOURS[(j + 1 + ((i + j) % 5)) % COLOURS.length];
@@ -106,6 +175,8 @@ export async function measureBaseQuality(
       withBg.reduce((a, p) => a + (p.backgroundRight ?? 0), 0),
       withBg.reduce((a, p) => a + p.samples, 0),
     ),
+    mostlyRight: share(prompts.filter((p) => p.bothRight * 2 > p.samples).length, prompts.length),
+    vae,
     prompts,
   };
 }

@@ -30,6 +30,13 @@ export interface BaseRecipe {
    * decoded orange (70 % colour accuracy on reconstructions, shapes 100 %).
    */
   vaeRefine: StageSettings & { mseWeight: number };
+  /**
+   * Then the refinement's loss on half world, half `patternedScenes` (dots and
+   * two-tone shapes, never the subject's own combination): without it the VAE
+   * decoded the subject's red dot on yellow as one orange star (yellow 4 of 32,
+   * red dot 1 of 32 reconstructions), so no Dreambooth could learn the dot.
+   */
+  vaeDetail: StageSettings & { patternedScenes: number };
   text: Omit<TextEncoderConfig, "vocabSize">;
   unet: UNetConfig;
   /** UNet + text encoder, trained together from random weights on the VAE's latents. */
@@ -61,6 +68,7 @@ export const BASE_RECIPE: BaseRecipe = {
   },
   vaeTrain: { steps: 1800, batch: 16, lr: 1e-3, warmup: 50, klWeight: 1e-6, decoderSteps: 400 },
   vaeRefine: { steps: 800, batch: 16, lr: 3e-4, warmup: 20, mseWeight: 4 },
+  vaeDetail: { steps: 2000, batch: 16, lr: 3e-4, warmup: 20, patternedScenes: 6000 },
   text: {
     hiddenSize: 64,
     intermediateSize: 256,
@@ -89,10 +97,10 @@ export const BASE_RECIPE: BaseRecipe = {
     freqShift: 0,
   },
   unetTrain: {
-    steps: 1200,
+    steps: 3600,
     batch: 64,
     lr: 1e-3,
-    textLr: 5e-4,
+    textLr: 1e-3,
     warmup: 100,
     dropCaption: 0.1,
     dropParts: 0.3,

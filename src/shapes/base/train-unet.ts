@@ -4,7 +4,7 @@
 // Settings from ../shared/notes/shapes-world-feasibility.md: batch 64,
 // lr 1e-3 with warm-up, clipping 1, EMA 0.995, caption dropout (whole and
 // partial) so that classifier-free guidance and short prompts work.
-import { copy_, type Generator, indexSelect, lerp_, noGrad, scope, type Tensor, tensor } from "../../engine/index.js";
+import { copy_, type Generator, indexSelect, lerp_, noGrad, type Tensor, tensor } from "../../engine/index.js";
 import { type ClipTextConfig, ClipTextModel, type ClipTokenizer } from "../../models/clip/index.js";
 import { clipConfigOf } from "../../models/stable-diffusion.js";
 import { UNet2DConditionModel } from "../../models/unet/index.js";
@@ -44,7 +44,7 @@ class Ema {
     readonly params: Tensor[],
     readonly decay: number,
   ) {
-    this.shadow = noGrad(() => params.map((p) => p.detach().clone()));
+    this.shadow = noGrad(() => params.map((p) => p.clone())); // no graph under noGrad; a detach() alias would leak
   }
   update(step: number): void {
     const d = Math.min(this.decay, (1 + step) / (10 + step));

@@ -9,7 +9,7 @@
 import { cat, type Generator, indexSelect, noGrad, scope, std, type Tensor } from "../../engine/index.js";
 import { AutoencoderKL, type LatentDistribution } from "../../models/vae/index.js";
 import { drawIndices, toUnitRange, type WorldImages } from "./data.js";
-import type { BaseRecipe } from "./recipe.js";
+import type { BaseRecipe, StageSettings } from "./recipe.js";
 import { runStage, type StageRecord } from "./stage.js";
 
 /** L1 of the images and of their finite differences along x and y. */
@@ -105,29 +105,64 @@ export function refineVae(vae: AutoencoderKL, o: VaeStageOptions): { records: St
   const { recipe, data, generator } = o;
   const s = recipe.vaeRefine;
   const n = data.scenes.length;
+  return tuneVae(vae, o, "vae refine", s, s.mseWeight, () =>
+    scope(() => toUnitRange(indexSelect(data.pixels, 0, drawIndices(n, s.batch, generator)))),
+  );
+}
+
+/**
+ * Stage 1c: the refinement's loss on batches that are half world scenes and
+ * half `patterned` ones (dots, two colours), so that the VAE keeps details
+ * the world never shows — a Dreambooth subject's dot among them.
+ */
+export function detailVae(
+  vae: AutoencoderKL,
+  patterned: WorldImages,
+  o: VaeStageOptions,
+): { records: StageRecord[]; scalingFactor: number } {
+  const { recipe, data, generator } = o;
+  const s = recipe.vaeDetail;
+  const half = Math.ceil(s.batch / 2);
+  const draw = (images: WorldImages, k: number): Tensor =>
+    indexSelect(images.pixels, 0, drawIndices(images.scenes.length, k, generator));
+  return tuneVae(vae, o, "vae detail", s, recipe.vaeRefine.mseWeight, () =>
+    scope(() => toUnitRange(cat([draw(data, s.batch - half), draw(patterned, half)], 0))),
+  );
+}
+
+/** Encoder and decoder on L1 + edges + mseWeight · MSE + KL, batches from `batchOf`; then the new scaling factor. */
+function tuneVae(
+  vae: AutoencoderKL,
+  o: VaeStageOptions,
+  name: string,
+  settings: StageSettings,
+  mseWeight: number,
+  batchOf: () => Tensor,
+): { records: StageRecord[]; scalingFactor: number } {
+  const { recipe, generator } = o;
   vae.train().requiresGrad_(true);
   const records = runStage({
-    name: "vae refine",
-    settings: s,
-    groups: [{ params: vae.parameters(), lr: s.lr }],
+    name,
+    settings,
+    groups: [{ params: vae.parameters(), lr: settings.lr }],
     maxGradNorm: 1,
-    logFile: o.logDir && `${o.logDir}/vae-refine.jsonl`,
+    logFile: o.logDir && `${o.logDir}/${name.replaceAll(" ", "-")}.jsonl`,
     log: o.log,
     loss: () => {
-      const x = scope(() => toUnitRange(indexSelect(data.pixels, 0, drawIndices(n, s.batch, generator))));
+      const x = batchOf();
       const posterior = vae.encode(x);
       const decoded = vae.decode(posterior.sample(generator));
       const rec = reconstructionLoss(decoded, x);
       const mse = decoded.sub(x).square().mean();
       const kl = klToStandardNormal(posterior);
       return {
-        loss: rec.add(mse.mul(s.mseWeight)).add(kl.mul(recipe.vaeTrain.klWeight)),
+        loss: rec.add(mse.mul(mseWeight)).add(kl.mul(recipe.vaeTrain.klWeight)),
         parts: { reconstruction: rec, mse },
       };
     },
   });
   vae.eval().requiresGrad_(false);
-  return { records, scalingFactor: measureScalingFactor(vae, data) };
+  return { records, scalingFactor: measureScalingFactor(vae, o.data) };
 }
 
 /** 1 / std of the encoder's means over (up to) 2048 images, rounded to 5 digits. */
