@@ -5,23 +5,20 @@
 // turns with this one, repetition by repetition, on the same pinned CPU; the
 // ratio is the median of Atelier ÷ PyTorch over those neighbouring pairs, on
 // wall-clock time and (CPU only) on process CPU time. See bench/RESULTS.md.
+// Plumbing shared with bench/models.ts and bench/train.ts: bench/common.ts.
 //
 //   node dist/bench/engine.js [--threads N] [--device cpu|cuda] [--reps N]
 //     [--warmup N] [--tiny-ops N] [--only a,b] [--cpus auto|none|LIST] [--python PATH] [--json]
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import {
-  checkDevice,
   conv2d,
   defOp,
   disposeAll,
   getNumThreads,
   keep,
   linear,
-  liveTensors,
   manualSeed,
   matmul,
   ones,
@@ -30,20 +27,31 @@ import {
   scope,
   setNumThreads,
   type Tensor,
-  torchVersion,
   zeros,
 } from "../src/engine/index.js";
+import {
+  type BaseOptions,
+  type ChildExit,
+  type Fail,
+  failer,
+  jsonHead,
+  LineChild,
+  leakCheck,
+  parseFlags,
+  pinned,
+  pinSelf,
+  REPO,
+  requireDevice,
+  requirePython,
+  SETUP_HINT,
+  tableHeader,
+  tableRow,
+  versus,
+} from "./common.js";
 
-interface Options {
-  threads: number;
-  device: string;
-  reps: number;
-  warmup: number;
+interface Options extends BaseOptions {
   tinyOps: number;
   only: string[];
-  python: string;
-  cpus: string;
-  json: boolean;
 }
 
 const USAGE = `usage: node dist/bench/engine.js [options]
@@ -60,8 +68,10 @@ const USAGE = `usage: node dist/bench/engine.js [options]
   --python PATH   the PyTorch interpreter (default /usr/bin/python3)
   --json          print one JSON object on stdout (the table goes to stderr)`;
 
+const fail: Fail = failer("bench/engine");
+
 function parseArgs(argv: string[]): Options {
-  const o: Options = {
+  const defaults: Options = {
     threads: 1,
     device: "cpu",
     reps: 21,
@@ -72,34 +82,17 @@ function parseArgs(argv: string[]): Options {
     json: false,
     cpus: "auto",
   };
-  const int = (flag: string, v: string | undefined, min: number): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) fail(`${flag} expects an integer >= ${min}, got ${v}`);
-    return n;
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const next = (): string | undefined => argv[++i];
-    if (a === "--threads") o.threads = int(a, next(), 1);
-    else if (a === "--device") o.device = next() ?? fail("--device expects cpu or cuda");
-    else if (a === "--reps") o.reps = int(a, next(), 1);
-    else if (a === "--warmup") o.warmup = int(a, next(), 0);
-    else if (a === "--tiny-ops") o.tinyOps = int(a, next(), 1);
-    else if (a === "--only") o.only = (next() ?? "").split(",").filter(Boolean);
-    else if (a === "--python") o.python = next() ?? fail("--python expects a path");
-    else if (a === "--cpus") o.cpus = next() ?? fail("--cpus expects auto, none or a CPU list");
-    else if (a === "--json") o.json = true;
-    else if (a === "--help" || a === "-h") {
-      console.log(USAGE);
-      process.exit(0);
-    } else fail(`unknown option '${a}'\n${USAGE}`);
-  }
-  return o;
-}
-
-function fail(message: string, code = 2): never {
-  console.error(`bench/engine: ${message}`);
-  process.exit(code);
+  return parseFlags(argv, defaults, {
+    usage: USAGE,
+    fail,
+    cpus: "auto, none or a CPU list",
+    own(o, a, v) {
+      if (a === "--tiny-ops") o.tinyOps = v.int(1);
+      else if (a === "--only") o.only = (v.next() ?? "").split(",").filter(Boolean);
+      else return false;
+      return true;
+    },
+  });
 }
 
 // ---- the cases (keep in step with bench/engine_ref.py) -----------------------------
@@ -275,67 +268,55 @@ interface RefInfo {
 
 type Reply = { error?: string; samples_ms?: number[]; cpu_ms?: number[]; faults?: number[] } & Partial<RefInfo>;
 
-const SETUP_HINT = "run `bash scripts/setup.sh --with-reference` to install Debian's python3-torch";
-
+/** engine_ref.py --serve, one JSON request per line; failures reject (main closes it and exits). */
 class Reference {
-  readonly #child: ChildProcess;
+  readonly #child: LineChild;
   readonly #python: string;
-  readonly #waiting: { resolve(r: Reply): void; reject(e: Error): void }[] = [];
-  #stderr = "";
-  #exit: Error | null = null;
 
   constructor(o: Options, cpus: string | null) {
-    const script = fileURLToPath(new URL("../../bench/engine_ref.py", import.meta.url));
-    if (!existsSync(o.python)) fail(`PyTorch reference: ${o.python} not found; ${SETUP_HINT}`, 1);
+    requirePython(o.python, fail);
+    const script = join(REPO, "bench", "engine_ref.py");
     const args = [script, "--serve", "--threads", String(o.threads), "--device", o.device];
     args.push("--tiny-ops", String(o.tinyOps));
-    // Same environment, so the same OpenMP settings (native.ts sets OMP_WAIT_POLICY).
     this.#python = o.python;
-    const [cmd, argv] = cpus ? ["taskset", ["-c", cpus, o.python, ...args]] : [o.python, args];
-    this.#child = spawn(cmd, argv, { env: process.env, stdio: ["pipe", "pipe", "pipe"] });
-    this.#child.stderr?.on("data", (d) => {
-      this.#stderr += d;
-    });
-    createInterface({ input: this.#child.stdout! }).on("line", (line) => {
-      const w = this.#waiting.shift();
-      try {
-        w?.resolve(JSON.parse(line) as Reply);
-      } catch {
-        w?.reject(new Error(`PyTorch reference printed: ${line}`));
-      }
-    });
-    this.#child.stdin?.on("error", () => {}); // a dead child is reported by "exit"
-    this.#child.on("error", (e) => this.#fail(e.message.includes("ENOENT") ? 127 : 1, e.message));
-    this.#child.on("exit", (code) => this.#fail(code ?? 1, ""));
+    this.#child = new LineChild(...pinned(cpus, o.python, args));
   }
 
-  #fail(code: number, why: string): void {
+  /** The child's exit as an Error with `code` (4: no CUDA; main exits 2 then). */
+  #exitError(e: ChildExit): Error {
+    const code = e.code ?? 1;
     const msg =
       code === 3
         ? `PyTorch reference: ${this.#python} cannot import torch; ${SETUP_HINT}`
         : code === 127
-          ? `PyTorch reference: cannot run ${this.#python} (${why || "exit 127"}); ${SETUP_HINT}`
+          ? `PyTorch reference: cannot run ${this.#python} (${e.why || "exit 127"}); ${SETUP_HINT}`
           : code === 4
             ? `the PyTorch at ${this.#python} has no CUDA; point --python at a CUDA build of PyTorch`
-            : `PyTorch reference exited (${code}) ${why}\n${this.#stderr}`;
-    this.#exit = Object.assign(new Error(msg), { code });
-    for (const w of this.#waiting.splice(0)) w.reject(this.#exit);
+            : `PyTorch reference exited (${code}) ${e.why}\n${e.stderr}`;
+    return Object.assign(new Error(msg), { code });
+  }
+
+  async #reply(line: Promise<string>): Promise<Reply> {
+    let text: string;
+    try {
+      text = await line;
+    } catch (e) {
+      throw this.#exitError(e as ChildExit);
+    }
+    try {
+      return JSON.parse(text) as Reply;
+    } catch {
+      throw new Error(`PyTorch reference printed: ${text}`);
+    }
   }
 
   /** The info line the script prints first. */
   hello(): Promise<Reply> {
-    return this.#next();
-  }
-
-  #next(): Promise<Reply> {
-    if (this.#exit) return Promise.reject(this.#exit);
-    return new Promise((resolve, reject) => this.#waiting.push({ resolve, reject }));
+    return this.#reply(this.#child.next());
   }
 
   async request(req: object): Promise<Reply> {
-    const reply = this.#next();
-    this.#child.stdin?.write(`${JSON.stringify(req)}\n`);
-    const r = await reply;
+    const r = await this.#reply(this.#child.send(JSON.stringify(req)));
     if (r.error) throw new Error(`PyTorch reference: ${r.error}`);
     return r;
   }
@@ -347,7 +328,7 @@ class Reference {
   }
 
   close(): void {
-    this.#child.stdin?.end();
+    void this.#child.close(); // ends its stdin: engine_ref.py then exits (nothing waits for it)
   }
 }
 
@@ -466,12 +447,7 @@ async function pinCpus(o: Options): Promise<string | null> {
   if (o.cpus === "none") return null;
   if (o.cpus === "auto" && o.threads >= availableParallelism()) return null;
   const list = o.cpus === "auto" ? await idlestCpus(o.threads) : o.cpus;
-  const r = spawnSync("taskset", ["-a", "-cp", list, String(process.pid)], { encoding: "utf8" });
-  if (r.status !== 0) {
-    console.error(`bench/engine: warning: cannot pin to CPUs ${list} (${r.error?.message ?? r.stderr.trim()})`);
-    return null;
-  }
-  return list;
+  return pinSelf(list, "bench/engine");
 }
 
 // ---- main ----------------------------------------------------------------------------
@@ -497,14 +473,10 @@ interface Row {
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
-  try {
-    checkDevice(o.device);
-  } catch (e) {
-    fail(`--device ${o.device}: ${(e as Error).message}. Run it on a machine with an NVIDIA GPU and a CUDA libtorch.`);
-  }
+  requireDevice(o.device, fail);
   const cases = caseList().filter((c) => o.only.length === 0 || o.only.includes(c.key));
   if (cases.length === 0) fail(`--only matches no case (${caseList().map((c) => c.key)})`);
-  const startLive = liveTensors();
+  const leaks = leakCheck("bench/engine");
   const cpus = await pinCpus(o);
   setNumThreads(o.threads);
   manualSeed(0);
@@ -555,34 +527,23 @@ async function main(): Promise<void> {
   // On CUDA the CPU mostly waits, so CPU time says nothing there.
   const cpuCol = o.device === "cpu";
   out(
-    `Atelier (libtorch ${torchVersion()}, node ${process.version}) vs PyTorch ${info.torch} — ${o.device}, ` +
+    `${versus(info.torch)} — ${o.device}, ` +
       `${getNumThreads()}/${info.threads} thread(s) on CPUs ${cpus ?? "any"}, ${o.reps} turns after ${o.warmup} warm-up`,
   );
-  out(
-    `${"case".padEnd(46)}${"atelier ms".padStart(12)}${"pytorch ms".padStart(12)}${"ratio".padStart(8)}` +
-      `${"±".padStart(7)}${(cpuCol ? "cpu ratio" : "").padStart(11)}`,
-  );
+  const layout = { width: 46, digits: 3, spread: true, cpu: cpuCol };
+  out(tableHeader(layout));
   for (const r of rows) {
     const perOp =
       r.atelier_us_per_op === undefined
         ? ""
         : `   (${r.atelier_us_per_op.toFixed(2)} vs ${r.pytorch_us_per_op?.toFixed(2)} µs/op)`;
-    out(
-      `${r.label.padEnd(46)}${r.atelier_ms.toFixed(3).padStart(12)}${r.pytorch_ms.toFixed(3).padStart(12)}` +
-        `${r.ratio.toFixed(3).padStart(8)}${r.spread.toFixed(3).padStart(7)}` +
-        `${(cpuCol ? r.cpu_ratio.toFixed(3) : "").padStart(11)}${perOp}`,
-    );
+    out(`${tableRow(r, layout)}${perOp}`);
   }
-  const leaked = liveTensors() - startLive;
-  if (leaked !== 0) console.error(`bench/engine: warning: ${leaked} tensor(s) leaked`);
+  leaks();
   if (o.json) {
     console.log(
       JSON.stringify({
-        libtorch: torchVersion(),
-        torch: info.torch,
-        node: process.version,
-        device: o.device,
-        threads: o.threads,
+        ...jsonHead(info.torch, o),
         cpus,
         reps: o.reps,
         warmup: o.warmup,

@@ -7,30 +7,27 @@
 //   unet     SD1.5-size UNet forward + backward (random weights, 64×64 latent)
 //   txt2img  tiny UNet/VAE/CLIP txt2img, 20 Euler steps, CFG 7, same weights both sides
 //   load     a ≥2 GB SD1.5 single-file .safetensors: loaders against a raw read
-//            (bench/models_load.ts; shared pieces in bench/models_common.ts)
+//            (bench/models_load.ts; shared pieces in bench/models_common.ts, and
+//            with bench/engine.ts and bench/train.ts in bench/common.ts)
 //
 //   node dist/bench/models.js [--threads N] [--device cpu|cuda] [--quick] [--only a,b]
 //     [--reps N] [--warmup N] [--t2i-reps N] [--load-reps N] [--ckpt PATH] [--ckpt-dtype f32|f16]
 //     [--cleanup] [--cpus auto|none|LIST] [--python PATH] [--json]
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import {
-  checkDevice,
   disposeAll,
   Generator,
   getNumThreads,
   keep,
-  liveTensors,
   manualSeed,
   ones,
   randn,
   scope,
   setNumThreads,
   type Tensor,
-  torchVersion,
 } from "../src/engine/index.js";
 import { saveSafetensors } from "../src/formats/safetensors.js";
 import { tokenizePrompt } from "../src/infer/prompt-encoding.js";
@@ -41,37 +38,40 @@ import { AutoencoderKL } from "../src/models/vae/index.js";
 import type { InitOptions } from "../src/nn/index.js";
 import { SD15_SCHEDULER_CONFIG } from "../src/schedulers/index.js";
 import {
-  FIXTURES,
-  fail,
-  faultsNote,
-  load1,
-  type Measured,
+  type BaseOptions,
+  type ChildExit,
+  type Json,
+  jsonHead,
+  LineChild,
+  leakCheck,
   maxRssMb,
   median,
-  meter,
+  meminfoGiB,
+  parseFlags,
+  pinned,
+  pinSelf,
   REPO,
-  type Row,
-  row,
-} from "./models_common.js";
+  refExitHint,
+  requireDevice,
+  requirePython,
+  say,
+  tableHeader,
+  tableRow,
+  versus,
+} from "./common.js";
+import { FIXTURES, fail, faultsNote, load1, type Measured, meter, type Row, row } from "./models_common.js";
 import { caseLoad } from "./models_load.js";
 
 const CASES = ["unet", "txt2img", "load"] as const;
 type CaseKey = (typeof CASES)[number];
 
-interface Options {
-  threads: number;
-  device: string;
-  reps: number;
-  warmup: number;
+interface Options extends BaseOptions {
   t2iReps: number;
   loadReps: number;
   only: CaseKey[];
   ckpt: string;
   ckptDtype: "f32" | "f16";
   cleanup: boolean;
-  python: string;
-  cpus: string;
-  json: boolean;
 }
 
 const USAGE = `usage: node dist/bench/models.js [options]
@@ -92,7 +92,7 @@ const USAGE = `usage: node dist/bench/models.js [options]
   --json           print one JSON object on stdout (the table goes to stderr)`;
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = {
+  const defaults: Options = {
     threads: 1,
     device: "cpu",
     reps: 3,
@@ -108,39 +108,28 @@ function parseArgs(argv: string[]): Options {
     json: false,
   };
   let quick = false;
-  const int = (flag: string, v: string | undefined, min: number): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) fail(`${flag} expects an integer >= ${min}, got ${v}`);
-    return n;
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const next = (): string | undefined => argv[++i];
-    if (a === "--threads") o.threads = int(a, next(), 1);
-    else if (a === "--device") o.device = next() ?? fail("--device expects cpu or cuda");
-    else if (a === "--quick") quick = true;
-    else if (a === "--only") {
-      const list = (next() ?? "").split(",").filter(Boolean);
-      for (const c of list) if (!(CASES as readonly string[]).includes(c)) fail(`--only: unknown case '${c}'`);
-      o.only = list as CaseKey[];
-    } else if (a === "--reps") o.reps = int(a, next(), 1);
-    else if (a === "--warmup") o.warmup = int(a, next(), 0);
-    else if (a === "--t2i-reps") o.t2iReps = int(a, next(), 1);
-    else if (a === "--load-reps") o.loadReps = int(a, next(), 1);
-    else if (a === "--ckpt") o.ckpt = next() ?? fail("--ckpt expects a path");
-    else if (a === "--ckpt-dtype") {
-      const d = next();
-      if (d !== "f32" && d !== "f16") fail(`--ckpt-dtype expects f32 or f16, got ${d}`);
-      o.ckptDtype = d;
-    } else if (a === "--cleanup") o.cleanup = true;
-    else if (a === "--python") o.python = next() ?? fail("--python expects a path");
-    else if (a === "--cpus") o.cpus = next() ?? fail("--cpus expects auto, none or a CPU list");
-    else if (a === "--json") o.json = true;
-    else if (a === "--help" || a === "-h") {
-      console.log(USAGE);
-      process.exit(0);
-    } else fail(`unknown option '${a}'\n${USAGE}`);
-  }
+  const o = parseFlags(argv, defaults, {
+    usage: USAGE,
+    fail,
+    cpus: "auto, none or a CPU list",
+    own(o, a, v) {
+      if (a === "--quick") quick = true;
+      else if (a === "--only") {
+        const list = (v.next() ?? "").split(",").filter(Boolean);
+        for (const c of list) if (!(CASES as readonly string[]).includes(c)) fail(`--only: unknown case '${c}'`);
+        o.only = list as CaseKey[];
+      } else if (a === "--t2i-reps") o.t2iReps = v.int(1);
+      else if (a === "--load-reps") o.loadReps = v.int(1);
+      else if (a === "--ckpt") o.ckpt = v.next() ?? fail("--ckpt expects a path");
+      else if (a === "--ckpt-dtype") {
+        const d = v.next();
+        if (d !== "f32" && d !== "f16") fail(`--ckpt-dtype expects f32 or f16, got ${d}`);
+        o.ckptDtype = d;
+      } else if (a === "--cleanup") o.cleanup = true;
+      else return false;
+      return true;
+    },
+  });
   if (quick) o.only = o.only.filter((c) => c !== "unet");
   o.ckpt ||= join(tmpdir(), "atelier-bench", `sd15_ldm_${o.ckptDtype}.safetensors`);
   return o;
@@ -149,7 +138,6 @@ function parseArgs(argv: string[]): Options {
 // ---- helpers --------------------------------------------------------------------------
 
 const REF_SCRIPT = join(REPO, "bench", "models_ref.py");
-const SETUP_HINT = "run `bash scripts/setup.sh --with-reference` to install Debian's python3-torch";
 
 /**
  * Pins this process (all its threads) to the CPUs the reference gets too, as
@@ -161,27 +149,18 @@ function pinCpus(o: Options): string | null {
   const n = availableParallelism();
   if (o.cpus === "auto" && o.threads > n) return null;
   const list = o.cpus === "auto" ? (o.threads === 1 ? `${n - 1}` : `${n - o.threads}-${n - 1}`) : o.cpus;
-  const r = spawnSync("taskset", ["-a", "-cp", list, String(process.pid)], { encoding: "utf8" });
-  if (r.status !== 0) {
-    console.error(`bench/models: warning: cannot pin to CPUs ${list} (${r.error?.message ?? r.stderr.trim()})`);
-    return null;
-  }
-  return list;
+  return pinSelf(list, "bench/models");
 }
 
 function refCommand(o: Options, cpus: string | null, args: string[]): [string, string[]] {
-  if (!existsSync(o.python)) fail(`PyTorch reference: ${o.python} not found; ${SETUP_HINT}`, 1);
-  const argv = [REF_SCRIPT, "--threads", String(o.threads), "--device", o.device, ...args];
-  return cpus ? ["taskset", ["-c", cpus, o.python, ...argv]] : [o.python, argv];
+  requirePython(o.python, fail);
+  return pinned(cpus, o.python, [REF_SCRIPT, "--threads", String(o.threads), "--device", o.device, ...args]);
 }
 
 function refFailure(code: number | null, stderr: string): never {
-  if (code === 3) fail(`PyTorch reference: ${SETUP_HINT}`, 1);
-  if (code === 4) fail("the PyTorch reference has no CUDA; point --python at a CUDA build of PyTorch", 2);
+  refExitHint(code, fail);
   return fail(`PyTorch reference exited (${code})\n${stderr}`, 1);
 }
-
-type Json = Record<string, unknown>;
 
 /** Runs models_ref.py to completion; its stdout is one JSON object. */
 function runRef(o: Options, cpus: string | null, args: string[]): Json {
@@ -195,67 +174,48 @@ function runRef(o: Options, cpus: string | null, args: string[]): Json {
   }
 }
 
-/** models_ref.py --serve: one command line in, one JSON line out. */
+/** models_ref.py --serve: one command line in, one JSON line out; its death ends this process too. */
 class RefServer {
-  readonly #child: ChildProcess;
-  readonly #waiting: ((r: Json) => void)[] = [];
-  readonly #exited: Promise<void>;
-  #stderr = "";
+  readonly #child: LineChild;
 
   constructor(o: Options, cpus: string | null, args: string[]) {
-    const [cmd, argv] = refCommand(o, cpus, args);
-    this.#child = spawn(cmd, argv, { env: process.env, stdio: ["pipe", "pipe", "pipe"] });
-    this.#child.stderr?.on("data", (d) => {
-      this.#stderr += d;
-    });
-    createInterface({ input: this.#child.stdout!, crlfDelay: Infinity }).on("line", (line) => {
-      let r: Json;
-      try {
-        r = JSON.parse(line) as Json;
-      } catch {
-        r = { error: `unexpected output: ${line}` };
-      }
-      this.#waiting.shift()?.(r);
-    });
-    this.#exited = new Promise((resolve) =>
-      this.#child.on("exit", (code) => {
-        if (this.#waiting.length > 0) refFailure(code, this.#stderr);
-        resolve();
-      }),
-    );
+    this.#child = new LineChild(...refCommand(o, cpus, args));
+  }
+
+  async #reply(line: Promise<string>): Promise<Json> {
+    let text: string;
+    try {
+      text = await line;
+    } catch (e) {
+      return refFailure((e as ChildExit).code, (e as ChildExit).stderr);
+    }
+    try {
+      return JSON.parse(text) as Json;
+    } catch {
+      return { error: `unexpected output: ${text}` };
+    }
   }
 
   /** The first line (ready). */
   hello(): Promise<Json> {
-    return new Promise((resolve) => this.#waiting.push(resolve));
+    return this.#reply(this.#child.next());
   }
 
   async request(cmd: string): Promise<Json> {
-    const reply = new Promise<Json>((resolve) => this.#waiting.push(resolve));
-    this.#child.stdin?.write(`${cmd}\n`);
-    const r = await reply;
+    const r = await this.#reply(this.#child.send(cmd));
     if (r.error) fail(`PyTorch reference: ${r.error}`, 1);
     return r;
   }
 
   /** Ends the child and waits until it has exited (and freed its memory). */
   close(): Promise<void> {
-    this.#child.stdin?.end();
-    return this.#exited;
+    return this.#child.close();
   }
 }
 
 // ---- case 1: SD1.5 UNet forward + backward -------------------------------------------------
 
-/** MemAvailable from /proc/meminfo, GiB (Infinity where there is none). */
-function availableGiB(): number {
-  try {
-    const m = /MemAvailable:\s+(\d+) kB/.exec(readFileSync("/proc/meminfo", "utf8"));
-    return m ? Number(m[1]) / 2 ** 20 : Number.POSITIVE_INFINITY;
-  } catch {
-    return Number.POSITIVE_INFINITY;
-  }
-}
+const availableGiB = () => meminfoGiB("MemAvailable");
 
 // One side peaks at ~10.3 GiB (weights, grads, activations) and keeps ~5.8 GiB between runs
 // (weights + allocator caches): taking turns needs both at once.
@@ -540,14 +500,9 @@ async function main(): Promise<void> {
     console.log(`bench/models: removed ${o.ckpt}`);
     return;
   }
-  try {
-    checkDevice(o.device);
-  } catch (e) {
-    fail(`--device ${o.device}: ${(e as Error).message}. Run it on a machine with an NVIDIA GPU and a CUDA libtorch.`);
-  }
+  requireDevice(o.device, fail);
   const out = o.json ? console.error : console.log;
-  const say = (s: string) => console.error(`[${new Date().toISOString().slice(11, 19)}] ${s}`);
-  const startLive = liveTensors();
+  const leaks = leakCheck("bench/models");
   const cpus = pinCpus(o);
   setNumThreads(o.threads);
 
@@ -568,33 +523,23 @@ async function main(): Promise<void> {
   const loadEnd = load1();
 
   out(
-    `Atelier (libtorch ${torchVersion()}, node ${process.version}) vs PyTorch ${check.torch} — ${o.device}, ` +
+    `${versus(check.torch)} — ${o.device}, ` +
       `${getNumThreads()}/${check.threads} thread(s) on CPUs ${cpus ?? "any"}; load average ${loadStart} → ${loadEnd}`,
   );
   out(checkLine);
-  out(
-    `${"case".padEnd(58)}${"atelier ms".padStart(12)}${"pytorch ms".padStart(12)}${"ratio".padStart(8)}` +
-      `${"cpu ratio".padStart(11)}`,
-  );
+  const layout = { width: 58, digits: 1, cpu: true };
+  out(tableHeader(layout));
   for (const r of rows) {
-    out(
-      `${r.label.padEnd(58)}${r.atelier_ms.toFixed(1).padStart(12)}${r.pytorch_ms.toFixed(1).padStart(12)}` +
-        `${r.ratio.toFixed(3).padStart(8)}${r.cpu_ratio.toFixed(3).padStart(11)}`,
-    );
+    out(tableRow(r, layout));
     for (const n of r.notes) out(`    ${n}`);
   }
   if (rows.some((r) => r.key.startsWith("load-")))
     out("(load rows: the PyTorch column is Node's raw sequential read of the same file)");
-  const leaked = liveTensors() - startLive;
-  if (leaked !== 0) console.error(`bench/models: warning: ${leaked} tensor(s) leaked`);
+  leaks();
   if (o.json) {
     console.log(
       JSON.stringify({
-        libtorch: torchVersion(),
-        torch: check.torch,
-        node: process.version,
-        device: o.device,
-        threads: o.threads,
+        ...jsonHead(check.torch, o),
         cpus,
         load_average: [loadStart, loadEnd],
         check,

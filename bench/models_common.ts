@@ -1,24 +1,14 @@
-// Shared pieces of bench/models.ts and bench/models_load.ts: exits, medians,
+// Shared pieces of bench/models.ts and bench/models_load.ts: their exit,
 // per-run measurements (wall clock, process CPU time, page faults), result rows.
+// What all three benchmarks share is in bench/common.ts.
 import { loadavg } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { type Fail, failer, median, REPO } from "./common.js";
 
-export const REPO = fileURLToPath(new URL("../../", import.meta.url));
 export const FIXTURES = join(REPO, "..", "shared", "fixtures");
 
-export function fail(message: string, code = 2): never {
-  console.error(`bench/models: ${message}`);
-  process.exit(code);
-}
+export const fail: Fail = failer("bench/models");
 
-export const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-/** Peak resident set of this process so far, MiB (getrusage ru_maxrss). */
-export const maxRssMb = () => process.resourceUsage().maxRSS / 1024;
 export const load1 = () => loadavg()[0].toFixed(2);
 
 /** One timed run: wall clock, process CPU time (user + system, all threads), minor page faults. */

@@ -23,7 +23,8 @@ import vm from "node:vm";
 import { disposeAll } from "../src/engine/index.js";
 import { loadCheckpoint } from "../src/formats/checkpoint.js";
 import { loadSafetensors } from "../src/formats/safetensors.js";
-import { FIXTURES, fail, faultsNote, load1, type Measured, median, meter, type Row, row } from "./models_common.js";
+import { median } from "./common.js";
+import { FIXTURES, fail, faultsNote, load1, type Measured, meter, type Row, row } from "./models_common.js";
 
 const READ_CHUNK = 64 << 20;
 

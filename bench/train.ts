@@ -10,56 +10,66 @@
 // Each side of each case runs in a fresh process, one after the other (never
 // two at once: a full step needs most of the machine's memory), so each peak
 // RSS is that case's alone: Node's is this script with --worker. Options: --help.
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { loadavg, tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
+// --check is bench/train_check.ts; what it shares with this file (the step, the
+// child runner) is bench/train_common.ts, what all benchmarks share bench/common.ts.
 import { fileURLToPath } from "node:url";
 import { injectLora } from "../src/adapters/network.js";
 import {
-  AdamW,
-  checkDevice,
   disposeAll,
   Generator,
   getNumThreads,
   keep,
-  liveTensors,
   manualSeed,
-  noGrad,
-  type Optimizer,
   ones,
   randn,
-  SGD,
   scope,
   setNumThreads,
-  type Tensor,
-  torchVersion,
 } from "../src/engine/index.js";
-import { loadSafetensors, saveSafetensors } from "../src/formats/safetensors.js";
 import { UNet2DConditionModel, type UNetConfig, unetPresets } from "../src/models/unet/index.js";
 import { NoiseSchedule, SD15_SCHEDULER_CONFIG } from "../src/schedulers/index.js";
-import { diffusionLoss, drawNoise, type LossTerms } from "../src/train/losses.js";
+import { drawNoise } from "../src/train/losses.js";
+import {
+  type BaseOptions,
+  type Json,
+  jsonHead,
+  leakCheck,
+  maxRssMb,
+  median,
+  meminfoGiB,
+  parseFlags,
+  requireDevice,
+  requirePython,
+  say,
+  tableHeader,
+  tableRow,
+  versus,
+} from "./common.js";
+import { checkMain } from "./train_check.js";
+import {
+  type ChildResult,
+  fail,
+  load1,
+  makeOptimizer,
+  memAvailableGiB,
+  type OptimizerKind,
+  pyUnet,
+  REF_SCRIPT,
+  runChild,
+  statusMb,
+  stepLoss,
+} from "./train_common.js";
 
 const CASES = ["lora", "full"] as const;
 type CaseKey = (typeof CASES)[number];
-type OptimizerKind = "adamw" | "sgd";
 
-interface Options {
-  threads: number;
-  device: string;
+interface Options extends BaseOptions {
   quick: boolean;
   /** Latent side (null: 64 on CUDA, 32 on CPU, where 64 does not fit; see RESULTS.md). */
   latent: number | null;
   check: boolean;
   only: CaseKey[];
-  reps: number;
-  warmup: number;
   optimizer: "auto" | OptimizerKind;
   waitMem: number;
-  cpus: string;
-  python: string;
-  json: boolean;
   worker: CaseKey | null;
 }
 
@@ -81,13 +91,8 @@ const USAGE = `usage: node dist/bench/train.js [options]
   --python PATH      the PyTorch interpreter (default /usr/bin/python3)
   --json             print one JSON object on stdout (the table goes to stderr)`;
 
-function fail(message: string, code = 2): never {
-  console.error(`bench/train: ${message}`);
-  process.exit(code);
-}
-
 function parseArgs(argv: string[]): Options {
-  const o: Options = {
+  const defaults: Options = {
     threads: 2,
     device: "cpu",
     quick: false,
@@ -103,48 +108,32 @@ function parseArgs(argv: string[]): Options {
     json: false,
     worker: null,
   };
-  const int = (flag: string, v: string | undefined, min: number): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) fail(`${flag} expects an integer >= ${min}, got ${v}`);
-    return n;
-  };
   const caseKey = (v: string | undefined): CaseKey => {
     if (!(CASES as readonly string[]).includes(v ?? "")) fail(`unknown case '${v}' (${CASES.join(", ")})`);
     return v as CaseKey;
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const next = (): string | undefined => argv[++i];
-    if (a === "--threads") o.threads = int(a, next(), 1);
-    else if (a === "--device") o.device = next() ?? fail("--device expects cpu or cuda");
-    else if (a === "--quick") o.quick = true;
-    else if (a === "--latent") o.latent = int(a, next(), 8);
-    else if (a === "--check") o.check = true;
-    else if (a === "--only") o.only = (next() ?? "").split(",").filter(Boolean).map(caseKey);
-    else if (a === "--reps") o.reps = int(a, next(), 1);
-    else if (a === "--warmup") o.warmup = int(a, next(), 0);
-    else if (a === "--optimizer") {
-      const v = next();
-      if (v !== "auto" && v !== "adamw" && v !== "sgd") fail(`--optimizer expects auto, adamw or sgd, got ${v}`);
-      o.optimizer = v;
-    } else if (a === "--wait-mem") o.waitMem = int(a, next(), 0);
-    else if (a === "--cpus") o.cpus = next() ?? fail("--cpus expects a CPU list or none");
-    else if (a === "--python") o.python = next() ?? fail("--python expects a path");
-    else if (a === "--json") o.json = true;
-    else if (a === "--worker") o.worker = caseKey(next());
-    else if (a === "--help" || a === "-h") {
-      console.log(USAGE);
-      process.exit(0);
-    } else fail(`unknown option '${a}'\n${USAGE}`);
-  }
-  return o;
+  return parseFlags(argv, defaults, {
+    usage: USAGE,
+    fail,
+    cpus: "a CPU list or none",
+    own(o, a, v) {
+      if (a === "--quick") o.quick = true;
+      else if (a === "--latent") o.latent = v.int(8);
+      else if (a === "--check") o.check = true;
+      else if (a === "--only") o.only = (v.next() ?? "").split(",").filter(Boolean).map(caseKey);
+      else if (a === "--optimizer") {
+        const k = v.next();
+        if (k !== "auto" && k !== "adamw" && k !== "sgd") fail(`--optimizer expects auto, adamw or sgd, got ${k}`);
+        o.optimizer = k;
+      } else if (a === "--wait-mem") o.waitMem = v.int(0);
+      else if (a === "--worker") o.worker = caseKey(v.next());
+      else return false;
+      return true;
+    },
+  });
 }
 
 // ---- the benchmark's settings ----------------------------------------------------------
-
-const REPO = fileURLToPath(new URL("../../", import.meta.url));
-const REF_SCRIPT = join(REPO, "bench", "train_ref.py");
-const SETUP_HINT = "run `bash scripts/setup.sh --with-reference` to install Debian's python3-torch";
 
 /** --quick: SD1.5's layout (4 blocks, 2 layers, 8 heads, 768-wide context) at 1/10 of the width. */
 const SMALL: UNetConfig = { ...unetPresets.sd15, blockOutChannels: [32, 64, 128, 128] };
@@ -162,66 +151,11 @@ interface StepSpec {
 }
 
 const LR: Record<CaseKey, number> = { lora: 1e-4, full: 5e-6 }; // kohya's / diffusers' usual rates
-const PRIOR_LOSS_WEIGHT = 1;
 
-/** The UNet config in train_ref.py's terms; refuses what its plain-torch UNet does not build. */
-function pyUnet(c: UNetConfig): Record<string, unknown> {
-  const plain =
-    typeof c.attentionHeadDim === "number" &&
-    c.numAttentionHeads === undefined &&
-    !c.useLinearProjection &&
-    (c.transformerLayersPerBlock ?? 1) === 1 &&
-    c.normNumGroups === 32 &&
-    c.inChannels === 4 &&
-    c.outChannels === 4;
-  if (!plain) fail("train_ref.py builds SD1.x-style UNets only");
-  return {
-    block_out: c.blockOutChannels,
-    layers: c.layersPerBlock,
-    heads: c.attentionHeadDim,
-    ctx_dim: c.crossAttentionDim,
-    down: c.downBlockTypes.map((t) => (t === "CrossAttnDownBlock2D" ? "A" : "R")),
-    up: c.upBlockTypes.map((t) => (t === "CrossAttnUpBlock2D" ? "A" : "R")),
-  };
-}
-
-// ---- one training step (what src/train/trainer.ts does per batch) ----------------------
-
-/** noisy = addNoise(latents); loss = instance MSE + w · prior MSE of the epsilon prediction. */
-function stepLoss(
-  unet: UNet2DConditionModel,
-  schedule: NoiseSchedule,
-  latents: Tensor,
-  context: Tensor,
-  noise: Tensor,
-  timesteps: Tensor,
-): LossTerms {
-  const isClass = Array.from({ length: latents.size(0) }, (_, i) => i > 0);
-  const noisy = schedule.addNoise(latents, noise, timesteps);
-  const prediction = unet.forward(noisy, timesteps, context);
-  const target = schedule.target(latents, noise, timesteps);
-  return diffusionLoss(prediction, target, isClass, { priorLossWeight: PRIOR_LOSS_WEIGHT });
-}
-
-function makeOptimizer(kind: OptimizerKind, params: Tensor[], lr: number): Optimizer<{ lr: number }> {
-  // diffusers' AdamW settings: betas (0.9, 0.999), weight decay 1e-2, eps 1e-8
-  if (kind === "adamw") return new AdamW(params, { lr, betas: [0.9, 0.999], weightDecay: 1e-2, eps: 1e-8 });
-  return new SGD(params, { lr }); // no momentum: no optimizer state
-}
-
-/** A line of /proc/self/status in MiB (VmRSS, VmHWM), or null. */
-function statusMb(field: string, pid: number | "self" = "self"): number | null {
-  try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m ? Number(m[1]) / 1024 : null;
-  } catch {
-    return null;
-  }
-}
+// ---- the Atelier side (--worker) -----------------------------------------------------------
 
 const rssMb = () => process.memoryUsage().rss / 2 ** 20;
 const minorFaults = () => process.resourceUsage().minorPageFault;
-const load1 = () => loadavg()[0];
 
 interface StepRun {
   ms: number;
@@ -235,8 +169,6 @@ interface StepRun {
   loss: number;
   warmup: boolean;
 }
-
-type Json = Record<string, unknown>;
 
 /** --worker: one case on the Atelier side, in this fresh process; returns what is printed. */
 function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
@@ -323,7 +255,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     build_s: buildS,
     rss_model_mb: rssModel,
     rss_sampled_peak_mb: peakSampled, // after forward, backward and the optimizer step
-    maxrss_mb: process.resourceUsage().maxRSS / 1024,
+    maxrss_mb: maxRssMb(),
     vmhwm_mb: statusMb("VmHWM"),
     threads: getNumThreads(),
   };
@@ -335,23 +267,10 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
   return out;
 }
 
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const timedRuns = (runs: unknown) => (runs as StepRun[]).filter((r) => !r.warmup);
 
 // ---- child processes ---------------------------------------------------------------------
 
-/** A line of /proc/meminfo in GiB (Infinity where there is none). */
-function meminfoGiB(field: "MemAvailable" | "MemTotal"): number {
-  const m =
-    existsSync("/proc/meminfo") &&
-    new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync("/proc/meminfo", "utf8"));
-  return m ? Number(m[1]) / 2 ** 20 : Number.POSITIVE_INFINITY;
-}
-const memAvailableGiB = () => meminfoGiB("MemAvailable");
 const memTotalGiB = () => meminfoGiB("MemTotal");
 
 /**
@@ -383,54 +302,6 @@ async function waitForMemory(need: number, o: Options, say: (s: string) => void)
   }
 }
 
-interface ChildResult {
-  json: Json;
-  /** The parent's own samples while the child ran: its VmRSS each second, load, free memory. */
-  sampled_peak_rss_mb: number;
-  load: number[];
-  min_mem_available_gib: number;
-  wall_s: number;
-}
-
-/** Runs a child to completion, passing its stderr through; its last stdout line is JSON. */
-function runChild(cmd: string, argv: string[], o: Options, what: string): Promise<ChildResult> {
-  const [c, a] = o.cpus === "none" ? [cmd, argv] : ["taskset", ["-c", o.cpus, cmd, ...argv]];
-  const t0 = performance.now();
-  const child: ChildProcess = spawn(c, a, { env: process.env, stdio: ["ignore", "pipe", "inherit"] });
-  let last = "";
-  createInterface({ input: child.stdout!, crlfDelay: Infinity }).on("line", (line) => {
-    if (line.trim()) last = line;
-  });
-  let peak = 0;
-  const load: number[] = [load1()];
-  let minMem = memAvailableGiB();
-  const timer = setInterval(() => {
-    if (child.pid !== undefined) peak = Math.max(peak, statusMb("VmRSS", child.pid) ?? 0);
-    minMem = Math.min(minMem, memAvailableGiB());
-  }, 1000);
-  const loadTimer = setInterval(() => load.push(load1()), 10_000);
-  return new Promise((resolve) => {
-    child.on("exit", (code, signal) => {
-      clearInterval(timer);
-      clearInterval(loadTimer);
-      load.push(load1());
-      let json: Json | null = null;
-      try {
-        json = JSON.parse(last) as Json;
-      } catch {
-        // handled below
-      }
-      if (code !== 0 || json === null) {
-        if (code === 3) fail(`PyTorch reference: ${SETUP_HINT}`, 1);
-        if (code === 4) fail("the PyTorch reference has no CUDA; point --python at a CUDA build of PyTorch", 2);
-        fail(`${what} exited (${signal ?? code})${signal === "SIGKILL" ? ": out of memory?" : ""}`, 1);
-      }
-      const wall = (performance.now() - t0) / 1e3;
-      resolve({ json, sampled_peak_rss_mb: peak, load, min_mem_available_gib: minMem, wall_s: wall });
-    });
-  });
-}
-
 /** What both children take; the step's settings go to Python as flags, to the worker as --spec JSON. */
 function commonArgs(o: Options): string[] {
   return ["--threads", String(o.threads), "--device", o.device, "--warmup", String(o.warmup), "--reps", String(o.reps)];
@@ -443,7 +314,7 @@ function pythonArgs(spec: StepSpec): string[] {
 }
 
 function runPython(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildResult> {
-  if (!existsSync(o.python)) fail(`PyTorch reference: ${o.python} not found; ${SETUP_HINT}`, 1);
+  requirePython(o.python, fail);
   const argv = [REF_SCRIPT, "--case", caseKey, ...pythonArgs(spec), ...commonArgs(o)];
   return runChild(o.python, argv, o, "PyTorch reference");
 }
@@ -451,144 +322,6 @@ function runPython(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildR
 function runAtelier(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildResult> {
   const argv = [fileURLToPath(import.meta.url), "--worker", caseKey, "--spec", JSON.stringify(spec)];
   return runChild(process.execPath, [...argv, ...commonArgs(o)], o, "Atelier worker");
-}
-
-// ---- the equality check ---------------------------------------------------------------------
-
-const CHECK = { latent: 16, steps: 2, seed: 7, lr: { full: 1e-3, lora: 1e-3 }, rank: 4, alpha: 1 };
-
-interface Diff {
-  /** max |a − b| over every element of every tensor compared. */
-  maxAbs: number;
-  /** The largest max |a − b| / max |b| of one tensor (b: PyTorch's). */
-  maxRel: number;
-  worst: string;
-  tensors: number;
-}
-
-function compare(mine: Map<string, Tensor>, theirs: Map<string, Tensor>, prefix: string): Diff {
-  const d: Diff = { maxAbs: 0, maxRel: 0, worst: "", tensors: 0 };
-  for (const [k, a] of mine) {
-    const b = theirs.get(prefix + k);
-    if (!b) fail(`check: PyTorch wrote no ${prefix + k}`, 1);
-    scope(() => {
-      const abs = a.sub(b.to(a.device)).abs().max().item();
-      const scale = b.abs().max().item();
-      const rel = scale > 0 ? abs / scale : abs;
-      d.maxAbs = Math.max(d.maxAbs, abs);
-      if (rel >= d.maxRel) [d.maxRel, d.worst] = [rel, k];
-      d.tensors++;
-    });
-  }
-  return d;
-}
-
-/** Tiny UNet, same weights, LoRA init and draws on both sides: 2 steps of each method compared. */
-async function runCheck(o: Options, say: (s: string) => void): Promise<Json> {
-  setNumThreads(o.threads);
-  const dir = mkdtempSync(join(tmpdir(), "atelier-bench-train-"));
-  const input = join(dir, "in.safetensors");
-  const output = join(dir, "out.safetensors");
-  const config = unetPresets.tiny;
-  const spec = { ...CHECK, unet: pyUnet(config), optimizer: "adamw", prior_loss_weight: PRIOR_LOSS_WEIGHT };
-  const schedule = new NoiseSchedule(SD15_SCHEDULER_CONFIG);
-  try {
-    // The inputs: weights, LoRA init, latents, context and every step's draws.
-    scope(() => {
-      const g = new Generator(3);
-      const unet = new UNet2DConditionModel(config, { generator: g });
-      const net = injectLora({ unet }, { rank: CHECK.rank, alpha: CHECK.alpha, generator: g });
-      // lora_up starts at zero (so lora_down's first gradient is 0); small random values test more
-      noGrad(() => {
-        for (const [k, t] of net.stateDict())
-          if (k.endsWith("lora_up.weight")) t.copy_(randn(t.shape, { generator: g }).mul(0.01));
-      });
-      const tensors = new Map<string, Tensor>();
-      for (const [k, t] of net.stateDict()) if (!k.endsWith(".alpha")) tensors.set(`lora.${k}`, t);
-      for (const [k, t] of unet.namedParameters()) tensors.set(`unet.${k}`, t);
-      const latents = randn([2, 4, CHECK.latent, CHECK.latent], { generator: g });
-      tensors.set("latents", latents);
-      tensors.set("context", randn([2, 77, config.crossAttentionDim], { generator: g }));
-      const draws = new Generator(CHECK.seed);
-      for (const method of ["full", "lora"]) {
-        for (let k = 0; k < CHECK.steps; k++) {
-          const { noise, timesteps } = drawNoise(latents, schedule.numTrainTimesteps, { generator: draws });
-          tensors.set(`${method}.noise${k}`, noise);
-          tensors.set(`${method}.timesteps${k}`, timesteps);
-        }
-      }
-      saveSafetensors(input, tensors, { spec: JSON.stringify(spec) });
-      net.remove();
-      unet.dispose();
-      g.dispose();
-      draws.dispose();
-    });
-    say(`check: PyTorch (${o.python}) on ${input}`);
-    const argv = [REF_SCRIPT, "--check", input, output, "--threads", String(o.threads), "--device", o.device];
-    const ref = (await runChild(o.python, argv, o, "PyTorch reference")).json;
-    const { tensors: theirs } = loadSafetensors(output);
-    const { tensors: src } = loadSafetensors(input);
-    const results: Json = { torch: ref.torch, lora_modules: ref.lora_modules };
-    let ok = true;
-    try {
-      for (const method of ["full", "lora"] as const) {
-        scope(() => {
-          const unet = new UNet2DConditionModel(config, { mode: "empty", device: o.device }).train();
-          // clones: loading keeps the given storage, and the steps change it in place
-          const weights = new Map(
-            [...src].filter(([k]) => k.startsWith("unet.")).map(([k, t]) => [k.slice(5), t.clone()] as const),
-          );
-          unet.loadStateDict(weights);
-          let named: Map<string, Tensor>;
-          let network = null;
-          if (method === "lora") {
-            network = injectLora({ unet }, { rank: CHECK.rank, alpha: CHECK.alpha });
-            named = new Map([...network.stateDict()].filter(([k]) => !k.endsWith(".alpha")));
-            noGrad(() => {
-              for (const [k, t] of named) t.copy_(src.get(`lora.${k}`)!);
-            });
-          } else {
-            named = unet.namedParameters();
-          }
-          const optimizer = makeOptimizer("adamw", [...named.values()], CHECK.lr[method]);
-          const latents = src.get("latents")!.to(o.device);
-          const context = src.get("context")!.to(o.device);
-          const steps: Json[] = [];
-          for (let k = 0; k < CHECK.steps; k++) {
-            scope(() => {
-              const noise = src.get(`${method}.noise${k}`)!.to(o.device);
-              const timesteps = src.get(`${method}.timesteps${k}`)!.to(o.device);
-              const terms = stepLoss(unet, schedule, latents, context, noise, timesteps);
-              terms.loss.backward();
-              const mine = [terms.loss, terms.instance, terms.prior!].map((t) => t.item());
-              const py = theirs.get(`${method}.loss${k}`)!.toArray();
-              const lossRel = Math.max(...mine.map((v, i) => Math.abs(v - py[i]) / Math.abs(py[i])));
-              const grads = new Map([...named].map(([n, p]) => [n, p.grad!]));
-              const g = compare(grads, theirs, `${method}.grad${k}.`);
-              const rng = ref[`${method}.rng_match${k}`] === true;
-              ok &&= lossRel <= 1e-5 && g.maxRel <= 1e-4 && rng;
-              steps.push({ loss: mine[0], pytorch_loss: py[0], loss_rel_diff: lossRel, grads: g, rng_match: rng });
-              optimizer.step();
-              optimizer.zeroGrad();
-            });
-          }
-          const p = compare(named, theirs, `${method}.param.`);
-          // one Adam step moves every weight by about ±lr; equal updates agree far below that
-          ok &&= p.maxAbs <= CHECK.lr[method] * 1e-2;
-          results[method] = { steps, params_after: p, trainable_tensors: named.size };
-          optimizer.dispose();
-          network?.remove();
-          unet.dispose();
-        });
-      }
-    } finally {
-      disposeAll([theirs, src]);
-    }
-    results.ok = ok;
-    return results;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 // ---- main -------------------------------------------------------------------------------------
@@ -654,37 +387,11 @@ async function main(): Promise<void> {
     console.log(JSON.stringify(worker(o.worker, spec, o)));
     return;
   }
-  try {
-    checkDevice(o.device);
-  } catch (e) {
-    fail(`--device ${o.device}: ${(e as Error).message}. Run it on a machine with an NVIDIA GPU and a CUDA libtorch.`);
-  }
+  requireDevice(o.device, fail);
   const out = o.json ? console.error : console.log;
-  const say = (s: string) => console.error(`[${new Date().toISOString().slice(11, 19)}] ${s}`);
-  const startLive = liveTensors();
+  const leaks = leakCheck("bench/train");
 
-  if (o.check) {
-    const r = await runCheck(o, say);
-    out(`equality check, tiny UNet (libtorch ${torchVersion()} vs PyTorch ${r.torch}): ${r.ok ? "OK" : "FAILED"}`);
-    const e = (x: number) => x.toExponential(1);
-    for (const m of ["full", "lora"] as const) {
-      const x = r[m] as { steps: (Json & { grads: Diff })[]; params_after: Diff };
-      out(`${m}:`);
-      for (const [k, st] of x.steps.entries()) {
-        const g = st.grads;
-        out(
-          `  step ${k + 1}: loss ${st.loss} vs ${st.pytorch_loss} (rel ${e(st.loss_rel_diff as number)}), ` +
-            `${g.tensors} grads max |Δ| ${e(g.maxAbs)}, max rel ${e(g.maxRel)}${g.maxRel > 0 ? ` (${g.worst})` : ""}` +
-            `${st.rng_match ? "" : ", RNG DIFFERS"}`,
-        );
-      }
-      const p = x.params_after;
-      out(`  weights after ${CHECK.steps} AdamW steps: max |Δ| ${e(p.maxAbs)} (max rel ${e(p.maxRel)})`);
-    }
-    if (o.json) console.log(JSON.stringify(r));
-    if (!r.ok) process.exit(1);
-    return;
-  }
+  if (o.check) return checkMain(o, out);
 
   const unet = o.quick ? SMALL : unetPresets.sd15;
   const latent = o.latent ?? (o.quick || o.device === "cpu" ? 32 : 64);
@@ -754,31 +461,21 @@ async function main(): Promise<void> {
   }
   const first = rows[0].pytorch;
   out(
-    `Atelier (libtorch ${torchVersion()}, node ${process.version}) vs PyTorch ${first.torch} (${first.attention} attention) — ` +
+    `${versus(first.torch)} (${first.attention} attention) — ` +
       `${o.device}, ${o.threads} thread(s) each, CPUs ${o.cpus}; load average ${loadStart.toFixed(2)} → ${loadEnd.toFixed(2)}`,
   );
-  out(
-    `${"case".padEnd(76)}${"atelier ms".padStart(12)}${"pytorch ms".padStart(12)}${"ratio".padStart(8)}` +
-      `${"cpu ratio".padStart(11)}`,
-  );
+  const layout = { width: 76, digits: 0, cpu: true };
+  out(tableHeader(layout));
   for (const r of rows) {
-    out(
-      `${r.label.padEnd(76)}${r.atelier_ms.toFixed(0).padStart(12)}${r.pytorch_ms.toFixed(0).padStart(12)}` +
-        `${r.ratio.toFixed(3).padStart(8)}${r.cpu_ratio.toFixed(3).padStart(11)}`,
-    );
+    out(tableRow(r, layout));
     for (const n of describe(r)) out(`    ${n}`);
   }
   for (const line of skipped) out(line);
-  const leaked = liveTensors() - startLive;
-  if (leaked !== 0) console.error(`bench/train: warning: ${leaked} tensor(s) leaked`);
+  leaks();
   if (o.json) {
     console.log(
       JSON.stringify({
-        libtorch: torchVersion(),
-        torch: first.torch,
-        node: process.version,
-        device: o.device,
-        threads: o.threads,
+        ...jsonHead(first.torch, o),
         load_average: [loadStart, loadEnd],
         rows,
         skipped,

@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """PyTorch twin of bench/train.ts: one Dreambooth / LoRA training step in plain torch.
 
-diffusers is not installed, so this file holds a compact plain-PyTorch SD1.x
-UNet with the diffusers module names (copied from bench/models_ref.py, which
-follows diffusers v0.19.3 src/diffusers/models/unet_2d_condition.py,
-unet_2d_blocks.py, resnet.py, transformer_2d.py, attention.py,
-attention_processor.py, embeddings.py), kohya's LoRA wrapping
+diffusers is not installed, so this file runs a compact plain-PyTorch SD1.x
+UNet with the diffusers module names (bench/sd_twin.py, shared with
+bench/models_ref.py, which follows diffusers v0.19.3
+src/diffusers/models/unet_2d_condition.py, unet_2d_blocks.py, resnet.py,
+transformer_2d.py, attention.py, attention_processor.py, embeddings.py),
+and holds kohya's LoRA wrapping
 (kohya-ss/sd-scripts networks/lora.py LoRAModule: org(x) + up(down(x)) *
 multiplier * alpha/rank on every Linear / Conv2d inside a Transformer2DModel),
 and the training step of diffusers examples/dreambooth/train_dreambooth.py
@@ -30,9 +31,7 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
-import struct
 import sys
 import time
 
@@ -44,302 +43,20 @@ except ImportError as e:  # the TS side turns this into a set-up hint
     print(f"train_ref.py: cannot import torch ({e})", file=sys.stderr)
     sys.exit(3)
 
-# The fused op where this torch has it (2.x), else the formula Atelier's
-# scaledDotProductAttention falls back to: (q @ kᵀ)·scale, softmax, @ v.
-HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+# after torch imported: sd_twin needs it (bench/ is on sys.path as this script's folder)
+from sd_twin import (  # noqa: E402
+    UNET_CONFIGS,
+    Transformer2DModel,
+    UNet2DConditionModel,
+    alphas_cumprod,
+    load_safetensors,
+    maxrss_mb,
+    minor_faults,
+    save_safetensors,
+    setup_torch,
+)
 
-
-def attention(q, k, v):
-    if HAS_SDPA:
-        return F.scaled_dot_product_attention(q, k, v)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1]))
-    return torch.matmul(scores.softmax(-1), v)
-
-
-# ---- safetensors (the safetensors package is not installed) -----------------------
-
-ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-             "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
-ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
-
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        dtype = ST_DTYPES[info["dtype"]]
-        t = torch.frombuffer(bytearray(data[a:b]), dtype=dtype) if b > a else torch.empty(0, dtype=dtype)
-        out[name] = t.reshape(info["shape"])
-    return out, header.get("__metadata__", {})
-
-
-def save_safetensors(path, tensors):
-    blobs, header, offset = [], {}, 0
-    for name, t in tensors.items():
-        t = t.detach().to("cpu").contiguous()
-        raw = t.numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-
-
-# ---- UNet2DConditionModel (SD1.x), as bench/models_ref.py ----------------------------
-
-def timestep_embedding(t, dim, flip_sin_to_cos=True, shift=0.0, max_period=10000):
-    half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(0, half, dtype=torch.float32, device=t.device)
-    exponent = exponent / (half - shift)
-    emb = t[:, None].float() * torch.exp(exponent)[None, :]
-    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=-1)
-    if flip_sin_to_cos:
-        emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
-    return emb
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, cin, dim):
-        super().__init__()
-        self.linear_1 = nn.Linear(cin, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        return self.linear_2(F.silu(self.linear_1(x)))
-
-
-class ResnetBlock2D(nn.Module):
-    def __init__(self, cin, cout, temb, groups=32, eps=1e-5):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=eps)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb, cout)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=eps)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        if cin != cout:
-            self.conv_shortcut = nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x, temb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        skip = self.conv_shortcut(x) if hasattr(self, "conv_shortcut") else x
-        return skip + h
-
-
-class Attention(nn.Module):
-    """diffusers Attention (UNet form: no bias on to_q/k/v, to_out.0 with bias)."""
-
-    def __init__(self, qdim, heads, dim_head, ctx_dim=None):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads, self.dim_head = heads, dim_head
-        self.to_q = nn.Linear(qdim, inner, bias=False)
-        self.to_k = nn.Linear(ctx_dim or qdim, inner, bias=False)
-        self.to_v = nn.Linear(ctx_dim or qdim, inner, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(inner, qdim), nn.Dropout(0.0)])
-
-    def forward(self, x, context=None):
-        ctx = x if context is None else context
-        b = x.shape[0]
-
-        def split(t):
-            return t.view(b, -1, self.heads, self.dim_head).transpose(1, 2)
-
-        q, k, v = split(self.to_q(x)), split(self.to_k(ctx)), split(self.to_v(ctx))
-        o = attention(q, k, v).transpose(1, 2).reshape(b, -1, self.heads * self.dim_head)
-        for m in self.to_out:
-            o = m(o)
-        return o
-
-
-class GEGLU(nn.Module):
-    def __init__(self, dim, inner):
-        super().__init__()
-        self.proj = nn.Linear(dim, inner * 2)
-
-    def forward(self, x):
-        hidden, gate = self.proj(x).chunk(2, dim=-1)
-        return hidden * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(dim, dim * 4), nn.Dropout(0.0), nn.Linear(dim * 4, dim)])
-
-    def forward(self, x):
-        for m in self.net:
-            x = m(x)
-        return x
-
-
-class BasicTransformerBlock(nn.Module):
-    def __init__(self, dim, heads, dim_head, ctx_dim):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads, dim_head)
-        self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, heads, dim_head, ctx_dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim)
-
-    def forward(self, x, context):
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
-
-
-class Transformer2DModel(nn.Module):
-    """GroupNorm(eps 1e-6) → 1×1 conv proj_in → blocks → 1×1 conv proj_out → + input."""
-
-    def __init__(self, channels, heads, ctx_dim, groups=32):
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(channels, heads, channels // heads, ctx_dim)])
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x, context):
-        b, c, h, w = x.shape
-        t = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, c)
-        for blk in self.transformer_blocks:
-            t = blk(t, context)
-        t = t.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
-        return self.proj_out(t) + x
-
-
-class Downsample2D(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class Upsample2D(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x, size=None):
-        x = F.interpolate(x, size=size, mode="nearest") if size else F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return self.conv(x)
-
-
-class DownBlock(nn.Module):
-    def __init__(self, cin, cout, temb, layers, attn, heads, ctx_dim, downsample):
-        super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(cin if i == 0 else cout, cout, temb) for i in range(layers)])
-        if attn:
-            self.attentions = nn.ModuleList([Transformer2DModel(cout, heads, ctx_dim) for _ in range(layers)])
-        if downsample:
-            self.downsamplers = nn.ModuleList([Downsample2D(cout)])
-
-    def forward(self, x, temb, context):
-        skips = []
-        for i, r in enumerate(self.resnets):
-            x = r(x, temb)
-            if hasattr(self, "attentions"):
-                x = self.attentions[i](x, context)
-            skips.append(x)
-        if hasattr(self, "downsamplers"):
-            x = self.downsamplers[0](x)
-            skips.append(x)
-        return x, skips
-
-
-class UpBlock(nn.Module):
-    def __init__(self, cin, prev, cout, temb, layers, attn, heads, ctx_dim, upsample):
-        super().__init__()
-        rs = []
-        for i in range(layers):
-            skip = cin if i == layers - 1 else cout
-            rs.append(ResnetBlock2D((prev if i == 0 else cout) + skip, cout, temb))
-        self.resnets = nn.ModuleList(rs)
-        if attn:
-            self.attentions = nn.ModuleList([Transformer2DModel(cout, heads, ctx_dim) for _ in range(layers)])
-        if upsample:
-            self.upsamplers = nn.ModuleList([Upsample2D(cout)])
-
-    def forward(self, x, skips, temb, context, size=None):
-        for i, r in enumerate(self.resnets):
-            x = r(torch.cat([x, skips.pop()], dim=1), temb)
-            if hasattr(self, "attentions"):
-                x = self.attentions[i](x, context)
-        if hasattr(self, "upsamplers"):
-            x = self.upsamplers[0](x, size)
-        return x
-
-
-class MidBlock(nn.Module):
-    def __init__(self, ch, temb, heads, ctx_dim):
-        super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(ch, ch, temb), ResnetBlock2D(ch, ch, temb)])
-        self.attentions = nn.ModuleList([Transformer2DModel(ch, heads, ctx_dim)])
-
-    def forward(self, x, temb, context):
-        x = self.resnets[0](x, temb)
-        x = self.attentions[0](x, context)
-        return self.resnets[1](x, temb)
-
-
-SD15 = dict(block_out=[320, 640, 1280, 1280], layers=2, heads=8, ctx_dim=768,
-            down=["A", "A", "A", "R"], up=["R", "A", "A", "A"])
-
-
-class UNet2DConditionModel(nn.Module):
-    """SD1.x UNet; "A" = CrossAttn{Down,Up}Block2D, "R" = {Down,Up}Block2D."""
-
-    def __init__(self, block_out, layers, heads, ctx_dim, down, up, cin=4, cout=4):
-        super().__init__()
-        ch0, n = block_out[0], len(block_out)
-        temb = ch0 * 4
-        self.ch0 = ch0
-        self.conv_in = nn.Conv2d(cin, ch0, 3, padding=1)
-        self.time_embedding = TimestepEmbedding(ch0, temb)
-        self.down_blocks = nn.ModuleList()
-        out = ch0
-        for i in range(n):
-            prev, out = out, block_out[i]
-            self.down_blocks.append(DownBlock(prev, out, temb, layers, down[i] == "A", heads, ctx_dim, i < n - 1))
-        self.mid_block = MidBlock(block_out[-1], temb, heads, ctx_dim)
-        rev = list(reversed(block_out))
-        self.up_blocks = nn.ModuleList()
-        out = rev[0]
-        for i in range(n):
-            prev, out = out, rev[i]
-            self.up_blocks.append(UpBlock(rev[min(i + 1, n - 1)], prev, out, temb, layers + 1, up[i] == "A", heads,
-                                          ctx_dim, i < n - 1))
-        self.conv_norm_out = nn.GroupNorm(32, ch0, eps=1e-5)
-        self.conv_out = nn.Conv2d(ch0, cout, 3, padding=1)
-
-    def forward(self, sample, timesteps, context):
-        emb = self.time_embedding(timestep_embedding(timesteps, self.ch0).to(sample.dtype))
-        x = self.conv_in(sample)
-        skips = [x]
-        for blk in self.down_blocks:
-            x, s = blk(x, emb, context)
-            skips += s
-        x = self.mid_block(x, emb, context)
-        for blk in self.up_blocks:
-            n = len(blk.resnets)
-            mine, skips = skips[-n:], skips[:-n]
-            x = blk(x, mine, emb, context)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+SD15 = UNET_CONFIGS["sd15"]
 
 
 # ---- LoRA (kohya-ss/sd-scripts networks/lora.py) ---------------------------------------
@@ -382,12 +99,6 @@ def inject_lora(unet, rank, alpha):
 
 
 # ---- the training step -----------------------------------------------------------------
-
-def alphas_cumprod():
-    # SD1.x scaled_linear betas (DDPMScheduler), float32 as diffusers makes them
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
 
 class Step:
     """One train_dreambooth.py step with prior preservation (batch = instances + class examples)."""
@@ -451,14 +162,7 @@ def make_optimizer(kind, params, lr):
 
 
 # ---- memory ------------------------------------------------------------------------------
-
-def minor_faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def maxrss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
+# (minor_faults, maxrss_mb: sd_twin.py; these two read /proc, which only this script reports)
 
 def status_mb(field):
     try:
@@ -520,7 +224,7 @@ def run_case(args, dev, sync):
 
 def check(args, dev, sync):
     """2 steps of each method on the weights and draws train.ts wrote; all results to OUT."""
-    src, meta = load_safetensors(args.check[0])
+    src, meta = load_safetensors(args.check[0], with_metadata=True)
     spec = json.loads(meta["spec"])
     cfg = spec["unet"]
     out = {}
@@ -581,14 +285,7 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"train_ref.py: --device {args.device}, but torch {torch.__version__} sees no CUDA GPU", file=sys.stderr)
-        sys.exit(4)
-    torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(dev),
-            "attention": "sdpa" if HAS_SDPA else "math"}
+    dev, sync, info = setup_torch(args, "train_ref.py")
     if args.check:
         info.update(check(args, dev, sync))
     elif args.case:
