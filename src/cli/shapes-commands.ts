@@ -11,7 +11,7 @@ import { num, parse, str, UsageError } from "./args.js";
 const USAGE = `usage:
   atelier shapes world DIR [--n N] [--seed S] [--subject]   write N images with caption files
   atelier shapes build-base [--out DIR] [--quick] [--keep-work] [--samples N] [--vae-from MODEL]
-                                 train the base model from random weights (about 90 min on 2 cores);
+                                 train the base model from random weights (about 105 min on 2 cores);
                                  --vae-from takes the VAE's first two stages from a model built before`;
 
 export async function shapesCommand(argv: string[]): Promise<number> {
