@@ -62,6 +62,8 @@ export interface ExperimentSpec {
   learningRate: number;
   trainTextEncoder: boolean;
   rank?: number;
+  /** LoRA of the 3×3 convolutions too (LoCon, kohya's conv_dim), at this rank; 0 or absent: none. */
+  convRank?: number;
   seed: number;
   priorLossWeight?: number;
   /** Train the subjects as one concept (one folder of captioned pictures) instead of one concept each. */
@@ -121,7 +123,7 @@ export async function runExperiment(
     train_text_encoder: spec.trainTextEncoder,
     prior_preservation: spec.classImages > 0,
     class_images: spec.classImages,
-    ...(spec.method === "lora" ? { rank: spec.rank ?? 8 } : {}),
+    ...(spec.method === "lora" ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0 } : {}),
   };
   const config = loadTrainConfig({
     model: o.base,
@@ -139,7 +141,9 @@ export async function runExperiment(
     max_grad_norm: 1,
     cache_latents: true,
     concepts,
-    ...(spec.method === "lora" ? { lora: { rank: spec.rank ?? 8, text_encoder: spec.trainTextEncoder } } : {}),
+    ...(spec.method === "lora"
+      ? { lora: { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, text_encoder: spec.trainTextEncoder } }
+      : {}),
     save: { formats: [spec.method === "lora" ? "lora" : "diffusers"], state: false },
   });
   const start = performance.now();

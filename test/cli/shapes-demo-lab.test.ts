@@ -42,7 +42,10 @@ test("lab --only: an unknown run is named with the list of runs", async () => {
   const out = join(dir, "lab-only");
   const r = await cli("lab", "--only", "db-prior,db-typo", "--out", out);
   assert.equal(r.code, 1);
-  assert.match(r.err, /--only: no run named 'db-typo'; the runs are db-prior, db-no-prior, .*one-concept-captioned/);
+  assert.match(
+    r.err,
+    /--only: no run named 'db-typo'; the runs are db-prior, db-prior-generated, db-no-prior, .*one-concept-captioned/,
+  );
   assert.ok(!existsSync(out) || readdirSync(out).length === 0, "no run started");
 });
 
