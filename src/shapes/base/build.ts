@@ -80,6 +80,12 @@ function saveVae(vae: AutoencoderKL, weights: string, meta: string, key: unknown
   writeFileSync(meta, JSON.stringify({ scalingFactor: vae.scalingFactor, recipe: key }));
 }
 
+/** Copies those of the loss logs `names` that exist in `from` into `to`. */
+function copyLogs(from: string, to: string, names: readonly string[]): void {
+  mkdirSync(to, { recursive: true });
+  for (const f of names) if (existsSync(join(from, f))) writeFileSync(join(to, f), readFileSync(join(from, f)));
+}
+
 /** The VAE of an existing model folder or file (`--vae-from`), which must have the recipe's architecture. */
 function vaeOfModel(path: string, recipe: BaseRecipe): AutoencoderKL {
   const m = loadStableDiffusion(path);
@@ -114,13 +120,7 @@ function vaeStage(o: VaeStageOptions, work: string, vaeFrom?: string): Autoencod
   if (vaeFrom) {
     log(`vae: stages 1 and 1b from ${vaeFrom}`);
     // Their loss logs come along, so the new folder still records every stage.
-    for (const f of ["vae.jsonl", "vae-decoder.jsonl", "vae-refine.jsonl"]) {
-      const from = join(vaeFrom, "training", f);
-      if (o.logDir && existsSync(from)) {
-        mkdirSync(o.logDir, { recursive: true });
-        writeFileSync(join(o.logDir, f), readFileSync(from));
-      }
-    }
+    if (o.logDir) copyLogs(join(vaeFrom, "training"), o.logDir, ["vae.jsonl", "vae-decoder.jsonl", "vae-refine.jsonl"]);
   }
   if (recipe.vaeDetail.steps === 0) return vae;
   const patterned = renderScenes(patternedScenes(recipe.seed, recipe.vaeDetail.patternedScenes, recipe.vae.sampleSize));
@@ -238,10 +238,13 @@ export async function buildBase(o: BuildBaseOptions): Promise<BuildBaseResult> {
   log("checking the model: samples of every colour × shape, read by the analyser");
   const quality = await measureBaseQuality(o.out, { samples: o.qualitySamples ?? 8, sampling: recipe.sampling });
   const seconds = (performance.now() - start) / 1000;
-  mkdirSync(join(o.out, "training"), { recursive: true });
-  for (const f of ["vae.jsonl", "vae-decoder.jsonl", "vae-refine.jsonl", "vae-detail.jsonl", "unet.jsonl"]) {
-    if (existsSync(join(logDir, f))) writeFileSync(join(o.out, "training", f), readFileSync(join(logDir, f)));
-  }
+  copyLogs(logDir, join(o.out, "training"), [
+    "vae.jsonl",
+    "vae-decoder.jsonl",
+    "vae-refine.jsonl",
+    "vae-detail.jsonl",
+    "unet.jsonl",
+  ]);
   writeTextAtomic(
     join(o.out, "recipe.json"),
     `${JSON.stringify({ recipe, vaeFrom: o.vaeFrom ?? null, scheduler: SD15_SCHEDULER_CONFIG, seconds: Math.round(seconds), built: new Date().toISOString() }, null, 2)}\n`,

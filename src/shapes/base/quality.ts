@@ -72,25 +72,17 @@ export function measureVaeReconstruction(
 ): VaeReconstruction {
   const world = generateWorld(4242, o.world ?? 400);
   const subject = generateSubject(4243, o.subject ?? 64);
+  // Each chunk in one scope: its pixels, latents and decoded images are freed once read as bytes.
   const readBack = (scenes: Scene[]): Analysis[] => {
     const out: Analysis[] = [];
     for (let i = 0; i < scenes.length; i += 64) {
-      const part = renderScenes(scenes.slice(i, i + 64), vae.config.sampleSize);
-      try {
-        const images = noGrad(() =>
-          scope(() =>
-            vae
-              .decode(vae.encode(toUnitRange(part.pixels)).mean)
-              .div(2)
-              .add(0.5)
-              .clamp(0, 1),
-          ),
-        );
-        out.push(...toRgbBytes(images).map((img) => analyse(img)));
-        images.dispose();
-      } finally {
-        part.pixels.dispose();
-      }
+      const rgb = noGrad(() =>
+        scope(() => {
+          const x = toUnitRange(renderScenes(scenes.slice(i, i + 64), vae.config.sampleSize).pixels);
+          return toRgbBytes(vae.decode(vae.encode(x).mean).div(2).add(0.5).clamp(0, 1));
+        }),
+      );
+      out.push(...rgb.map((img) => analyse(img)));
     }
     return out;
   };
