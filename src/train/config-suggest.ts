@@ -2,7 +2,7 @@
 // distance, a field of the same name in another table, or the field that
 // another trainer's name (kohya sd-scripts, diffusers, the Dreambooth
 // extension) stands for.
-import { CONFIG_SCHEMA, FOREIGN_NAMES, type Schema } from "./config-schema.js";
+import { configSchema, FOREIGN_NAMES, type Schema } from "./config-schema.js";
 
 /** Optimal-string-alignment distance (a transposition costs 1). */
 function distance(a: string, b: string): number {
@@ -19,7 +19,7 @@ function distance(a: string, b: string): number {
   return d[a.length][b.length];
 }
 
-function allNames(schema: Schema = CONFIG_SCHEMA, prefix = ""): string[] {
+function allNames(schema: Schema = configSchema(), prefix = ""): string[] {
   const out: string[] = [];
   for (const [name, f] of Object.entries(schema)) {
     out.push(`${prefix}${name}`);

@@ -8,10 +8,11 @@ import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, extname, join, resolve } from "node:path";
 import { parse as parseToml } from "smol-toml";
-import { lrSchedule } from "../engine/optim/index.js";
+import { lrSchedule, type ScheduleOptions } from "../engine/optim/index.js";
 import { writeTextAtomic } from "../formats/atomic-write.js";
-import { CONFIG_SCHEMA, type Field, type Kind, type Schema, type TrainConfig } from "./config-schema.js";
+import { configSchema, type Field, type Kind, type Schema, type TrainConfig } from "./config-schema.js";
 import { suggest } from "./config-suggest.js";
+import { type MethodSpec, methodSpecFor, methodSpecs } from "./methods/index.js";
 import { defaultWorkspace, resolveModel } from "./workspace.js";
 
 export * from "./config-schema.js";
@@ -74,7 +75,7 @@ export function loadTrainConfig(
     raw = source;
   }
   const state: State = { tree: {}, modelBase: ctx.base, origin: ctx.origin };
-  state.tree = checkTree(CONFIG_SCHEMA, raw, "", ctx);
+  state.tree = checkTree(configSchema(), raw, "", ctx);
   applyOverrides(state, overrides, cwd);
   return finish(state, { checkFiles: o.checkFiles ?? true, env: o.env ?? process.env, cwd });
 }
@@ -286,7 +287,7 @@ function locate(state: State, flag: string): Target {
     .replace(/-/g, "_")
     .replace(/\[(\d+)\]/g, ".$1")
     .split(".");
-  let schema: Schema = CONFIG_SCHEMA;
+  let schema: Schema = configSchema();
   let container: Tree | unknown[] = state.tree;
   let name = "";
   for (let i = 0; i < segs.length; i++) {
@@ -369,6 +370,18 @@ function applyOverrides(state: State, argv: readonly string[], cwd: string): voi
   }
 }
 
+/** The learning-rate schedule's options from the config: one place, used by the check here and by the trainer. */
+export function scheduleOptions(c: TrainConfig, trainingSteps: number): ScheduleOptions {
+  return {
+    warmupSteps: c.lr_warmup_steps,
+    trainingSteps,
+    numCycles: c.lr_scheduler_num_cycles ?? undefined,
+    power: c.lr_scheduler_power,
+    baseLr: c.learning_rate,
+    stepRules: c.lr_step_rules ?? undefined,
+  };
+}
+
 // ---- defaults, cross-field checks, files ------------------------------------------------
 
 const AUTO = Symbol("auto");
@@ -406,7 +419,7 @@ function given(tree: Tree, path: string): unknown {
 
 function finish(state: State, o: { checkFiles: boolean; env: Record<string, string | undefined>; cwd: string }) {
   const { tree, origin } = state;
-  const c = fill(CONFIG_SCHEMA, tree, "", origin) as unknown as TrainConfig;
+  const c = fill(configSchema(), tree, "", origin) as unknown as TrainConfig;
   const err = (field: string, message: string) => new ConfigError(`${origin}${message}`, field);
   const auto = (v: unknown) => v === AUTO;
   // Set to a non-default value while it has no effect: a mistake worth saying.
@@ -417,44 +430,20 @@ function finish(state: State, o: { checkFiles: boolean; env: Record<string, stri
     }
   };
 
-  // Method: LoRA inside Dreambooth (use_lora) is the same run as method lora.
-  if (c.method === "lora" && given(tree, "use_lora") === false) {
-    throw err("use_lora", "use_lora is false but method is lora; drop one of them");
-  }
-  const lora = c.method === "lora" || c.use_lora === true;
-  c.use_lora = lora;
-  if (auto(c.learning_rate)) c.learning_rate = lora ? 1e-4 : 2e-6;
+  // The method: its spec sets the learning rate's default and resolves its own fields.
+  const spec = methodSpecFor(c);
+  if (auto(c.learning_rate)) c.learning_rate = spec.defaultLearningRate;
   if (auto(c.weight_decay)) c.weight_decay = c.optimizer === "adamw" ? 0.01 : 0;
   if (auto(c.seed)) c.seed = randomInt(0, 2 ** 32);
-
-  // The text encoder: with LoRA, lora.text_encoder and train_text_encoder are one switch.
-  const l = c.lora;
-  if (lora) {
-    const te = given(tree, "lora.text_encoder");
-    const tt = given(tree, "train_text_encoder");
-    if (te !== undefined && tt !== undefined && te !== tt) {
-      throw err("lora.text_encoder", `lora.text_encoder is ${te} but train_text_encoder is ${tt}; they are one switch`);
-    }
-    c.train_text_encoder = (te ?? c.train_text_encoder) as boolean;
-    if (!l.unet && !c.train_text_encoder) {
-      throw err("lora.unet", "lora.unet and lora.text_encoder are both false: nothing to train");
-    }
-  } else {
-    for (const [k, f] of Object.entries(CONFIG_SCHEMA.lora.kind.t === "group" ? CONFIG_SCHEMA.lora.kind.fields : {})) {
-      if (f.default !== undefined)
-        pointless(`lora.${k}`, f.default, "no LoRA is trained (method dreambooth, use_lora false)");
-    }
+  for (const s of methodSpecs() as readonly MethodSpec<Schema>[]) {
+    s.resolve?.(c as never, {
+      active: s === spec,
+      given: (path) => given(tree, path),
+      isAuto: auto,
+      error: err,
+      pointless,
+    });
   }
-  if (auto(l.alpha)) l.alpha = l.rank;
-  if (auto(l.conv_alpha)) l.conv_alpha = l.conv_rank;
-  if (l.conv_rank > 0 && l.conv_alpha === 0)
-    throw err("lora.conv_alpha", "lora.conv_alpha must be > 0 when conv_rank > 0");
-  if (!lora) {
-    pointless("lora.alpha", l.rank, "no LoRA is trained");
-    pointless("lora.conv_alpha", l.conv_rank, "no LoRA is trained");
-    pointless("lora.text_encoder", c.train_text_encoder, "no LoRA is trained (use train_text_encoder)");
-  }
-  l.text_encoder = c.train_text_encoder;
   if (auto(c.text_encoder_lr)) c.text_encoder_lr = c.learning_rate;
   else if (!c.train_text_encoder) pointless("text_encoder_lr", c.learning_rate, "the text encoder is not trained");
 
@@ -501,23 +490,23 @@ function finish(state: State, o: { checkFiles: boolean; env: Record<string, stri
     pointless("lr_scheduler_num_cycles", null, `lr_scheduler is ${s}`);
   if (s !== "polynomial") pointless("lr_scheduler_power", 1, `lr_scheduler is ${s}`);
   try {
-    lrSchedule(s, {
-      warmupSteps: c.lr_warmup_steps,
-      trainingSteps: c.lr_warmup_steps + 1,
-      numCycles: c.lr_scheduler_num_cycles ?? undefined,
-      power: c.lr_scheduler_power,
-      baseLr: c.learning_rate,
-      stepRules: c.lr_step_rules ?? undefined,
-    });
+    lrSchedule(s, scheduleOptions(c, c.lr_warmup_steps + 1));
   } catch (e) {
     const field = s === "piecewise_constant" ? "lr_step_rules" : "lr_scheduler";
     throw err(field, `${field}: ${(e as Error).message}`);
   }
 
-  // What to save.
-  if (auto(c.save.formats)) c.save.formats = lora ? ["lora"] : ["ldm_safetensors"];
-  if (c.save.formats.includes("lora") && !lora) {
-    throw err("save.formats", 'save.formats has "lora" but no LoRA is trained (set method lora or use_lora true)');
+  // What to save: the method's formats, its first by default.
+  if (auto(c.save.formats)) c.save.formats = [spec.formats[0]];
+  for (const fmt of c.save.formats) {
+    if (spec.formats.includes(fmt)) continue;
+    if (fmt === "lora") {
+      throw err("save.formats", 'save.formats has "lora" but no LoRA is trained (set method lora or use_lora true)');
+    }
+    throw err(
+      "save.formats",
+      `save.formats has "${fmt}", which method ${c.method} does not write (it writes ${spec.formats.join(", ")})`,
+    );
   }
 
   // Sampling.

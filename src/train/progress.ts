@@ -1,19 +1,26 @@
 // What a run shows while it trains: a progress line (step, it/s, loss, ETA)
-// and logs/loss.jsonl with one line per optimizer step.
+// and a loss log (logs/loss.jsonl) with one JSON line per optimizer step,
+// for `atelier train` and the shapes base recipe alike.
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 
-export interface StepRecord {
+/** One line of a loss log: the step, its epoch, the loss, its named terms, the LR. */
+export interface LossRecord {
   step: number;
   epoch: number;
   loss: number;
+  lr: number;
+  [term: string]: number | null;
+}
+
+/** A diffusion run's line: the instance and prior-preservation terms (and any a method adds). */
+export interface StepRecord extends LossRecord {
   instance_loss: number;
   prior_loss: number | null;
-  lr: number;
 }
 
 /** Appends a JSON line per step; a resumed run first drops lines past its step. */
-export class LossLog {
+export class LossLog<R extends LossRecord = StepRecord> {
   constructor(readonly path: string) {
     mkdirSync(dirname(path), { recursive: true });
   }
@@ -22,20 +29,25 @@ export class LossLog {
     if (!existsSync(this.path)) return;
     const kept = readFileSync(this.path, "utf8")
       .split("\n")
-      .filter((l) => l.trim() && (JSON.parse(l) as StepRecord).step <= step);
+      .filter((l) => l.trim() && (JSON.parse(l) as LossRecord).step <= step);
     writeFileSync(this.path, kept.map((l) => `${l}\n`).join(""));
   }
 
-  append(r: StepRecord): void {
+  /** Starts the log afresh. */
+  clear(): void {
+    writeFileSync(this.path, "");
+  }
+
+  append(r: R): void {
     appendFileSync(this.path, `${JSON.stringify(r)}\n`);
   }
 
-  read(): StepRecord[] {
+  read(): R[] {
     if (!existsSync(this.path)) return [];
     return readFileSync(this.path, "utf8")
       .split("\n")
       .filter((l) => l.trim())
-      .map((l) => JSON.parse(l) as StepRecord);
+      .map((l) => JSON.parse(l) as R);
   }
 }
 
@@ -45,36 +57,39 @@ function duration(s: number): string {
   return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${s.toFixed(0)}s`;
 }
 
-/** One line, redrawn in place on a terminal; a line every `everySeconds` otherwise (logs, CI). */
+/** What a progress line shows of a step (the trainer's step event has all of it). */
+export interface StepProgress {
+  step: number;
+  total: number;
+  loss: number;
+  lr: number;
+  itPerSec: number;
+  etaSeconds: number;
+}
+
+/** The one progress line of every loop: bar, step, speed, loss, LR, time left. */
+export function progressLine(e: StepProgress, name = ""): string {
+  const width = 20;
+  const filled = Math.round((e.step / e.total) * width);
+  const head = name ? `${name}: ` : "";
+  return `${head}[${"#".repeat(filled)}${"-".repeat(width - filled)}] step ${e.step}/${e.total} | ${e.itPerSec.toFixed(2)} it/s | loss ${e.loss.toFixed(4)} | lr ${e.lr.toExponential(2)} | ETA ${duration(e.etaSeconds)}`;
+}
+
+/** The progress line on a terminal (redrawn in place), else a line every `everySeconds` (logs, CI). */
 export class ProgressBar {
-  #start = Date.now();
   #lastPrint = 0;
-  #firstStep: number;
 
   constructor(
     readonly total: number,
-    startStep = 0,
     readonly out: NodeJS.WriteStream = process.stderr,
     readonly everySeconds = 10,
-  ) {
-    this.#firstStep = startStep;
-  }
+  ) {}
 
-  line(step: number, loss: number, lr: number): string {
-    const elapsed = (Date.now() - this.#start) / 1000;
-    const done = step - this.#firstStep;
-    const rate = done > 0 ? done / elapsed : 0;
-    const eta = rate > 0 ? (this.total - step) / rate : Number.POSITIVE_INFINITY;
-    const width = 20;
-    const filled = Math.round((step / this.total) * width);
-    return `[${"#".repeat(filled)}${"-".repeat(width - filled)}] step ${step}/${this.total} | ${rate.toFixed(2)} it/s | loss ${loss.toFixed(4)} | lr ${lr.toExponential(2)} | ETA ${duration(eta)}`;
-  }
-
-  update(step: number, loss: number, lr: number): void {
-    const text = this.line(step, loss, lr);
+  update(e: StepProgress): void {
+    const text = progressLine(e);
     if (this.out.isTTY) {
-      this.out.write(`\r${text}${step === this.total ? "\n" : ""}`);
-    } else if (Date.now() - this.#lastPrint >= this.everySeconds * 1000 || step === this.total) {
+      this.out.write(`\r${text}${e.step === this.total ? "\n" : ""}`);
+    } else if (Date.now() - this.#lastPrint >= this.everySeconds * 1000 || e.step === this.total) {
       this.#lastPrint = Date.now();
       this.out.write(`${text}\n`);
     }

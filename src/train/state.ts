@@ -4,7 +4,7 @@
 // kill during a save leaves the previous state whole.
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import type { Tensor } from "../engine/index.js";
+import { keep, noGrad, scope, type Tensor } from "../engine/index.js";
 import { loadSafetensors, saveSafetensors } from "../formats/safetensors.js";
 
 export interface Progress {
@@ -94,4 +94,22 @@ export function loadTrainingState(dir: string): TrainingState {
 
 export function disposeTrainingState(s: TrainingState): void {
   for (const m of [s.weights, s.optimizer.tensors, s.rng]) for (const t of m.values()) t.dispose();
+}
+
+/** Copies saved tensors into the live trainable ones (resume), by name; every name must match. */
+export function restoreTrainable(trainable: Map<string, Tensor>, saved: Map<string, Tensor>, where: string): void {
+  const missing = [...trainable.keys()].filter((k) => !saved.has(k));
+  const extra = [...saved.keys()].filter((k) => !trainable.has(k));
+  if (missing.length || extra.length) {
+    throw new Error(
+      `${where}: the saved weights do not fit this run (missing ${missing.slice(0, 3).join(", ") || "none"}; ` +
+        `unexpected ${extra.slice(0, 3).join(", ") || "none"}): was it saved with another config?`,
+    );
+  }
+  noGrad(() =>
+    scope(() => {
+      for (const [k, t] of trainable) t.copy_(saved.get(k)!);
+    }),
+  );
+  keep(trainable);
 }

@@ -75,9 +75,7 @@ export function baselineConfigs(w: BaselineWorld): Record<string, TrainConfig> {
       learning_rate: 1e-3,
       train_text_encoder: false,
       prior_loss_weight: 0.5,
-      concepts: [
-        { ...concept, class_data_dir: join(w.root, "class"), class_prompt: "a square", num_class_images: 2 },
-      ],
+      concepts: [{ ...concept, class_data_dir: join(w.root, "class"), class_prompt: "a square", num_class_images: 2 }],
       save: { formats: ["ldm_safetensors"], state: false },
     },
     lora_locon: {
@@ -114,8 +112,8 @@ export function baselineConfigs(w: BaselineWorld): Record<string, TrainConfig> {
 
 export type Baseline = Record<string, { loss: number; lr: number; terms: Record<string, number | null> }[]>;
 
-export function readBaseline(): Baseline {
-  return JSON.parse(readFileSync(BASELINE_FILE, "utf8")) as Baseline;
+export function readBaseline(file: string = BASELINE_FILE): Baseline {
+  return JSON.parse(readFileSync(file, "utf8")) as Baseline;
 }
 
 /** Records the baseline with the old `train()` API (run once, before the redesign). */

@@ -573,7 +573,7 @@ test("describeConfig lists every field with its default; check-config prints the
   for (const f of configFields()) assert.ok(text.includes(f.name), f.name);
   assert.match(
     text,
-    /learning_rate\s+learning rate .*\n\s+number > 0, <= 1; default 2e-6 \(dreambooth\), 1e-4 when training LoRA/,
+    /learning_rate\s+learning rate .*\n\s+number > 0, <= 1; default the method's: 2e-6 \(dreambooth\), 1e-4 \(lora\)/,
   );
   assert.match(text, /concepts\[\]\.instance_data_dir/);
 

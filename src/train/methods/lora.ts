@@ -1,0 +1,163 @@
+// LoRA (method lora, or Dreambooth with use_lora — the A1111 extension's
+// "Use LoRA"): only the adapters train and the base stays bit-identical.
+// Saved as a kohya-format file (ss_* metadata) that A1111, Forge and ComfyUI
+// load; full-model formats in save.formats get the base with the LoRA merged.
+import { join } from "node:path";
+import { injectLora, saveLora } from "../../adapters/network.js";
+import { keep, noGrad, scope, type Tensor } from "../../engine/index.js";
+import { f } from "../config-fields.js";
+import { saveFullModel } from "./dreambooth.js";
+import { defineMethod, type SavedArtifact, type TrainingMethod } from "./method.js";
+
+const LORA_FIELDS = {
+  rank: f.int({ min: 1, max: 1024, default: 4, doc: "LoRA rank (kohya network_dim)" }),
+  alpha: f.number({ above: 0, auto: "rank (scale 1)", doc: "LoRA alpha; the update is scaled by alpha/rank" }),
+  dropout: f.number({ min: 0, below: 1, default: 0, doc: "dropout on the LoRA down projection's output" }),
+  unet: f.bool({ default: true, doc: "put LoRA layers on the UNet" }),
+  text_encoder: f.bool({ auto: "train_text_encoder", doc: "put LoRA layers on the text encoder" }),
+  conv_rank: f.int({
+    min: 0,
+    max: 1024,
+    default: 0,
+    doc: "rank of LoRA on 3×3 convolutions (LoCon, kohya conv_dim); 0 = none",
+  }),
+  conv_alpha: f.number({ min: 0, auto: "conv_rank", doc: "alpha of the convolution LoRA" }),
+};
+
+export const lora = defineMethod({
+  name: "lora",
+  doc: "LoRA / LoCon adapters (kohya format); also Dreambooth with use_lora",
+  schema: {
+    use_lora: f.bool({
+      auto: "true for method lora, else false",
+      doc: "Dreambooth training LoRA weights (the A1111 extension's Use LoRA); same as method lora",
+    }),
+    lora: f.group(LORA_FIELDS, "LoRA settings (method lora or use_lora)"),
+  },
+  formats: ["lora", "ldm_safetensors", "diffusers"],
+  artifactName: "lora",
+  defaultLearningRate: 1e-4,
+  selects: (c) => c.method === "lora" || c.use_lora === true,
+  resolve(c, r) {
+    if (c.method === "lora" && r.given("use_lora") === false) {
+      throw r.error("use_lora", "use_lora is false but method is lora; drop one of them");
+    }
+    c.use_lora = r.active;
+    const l = c.lora;
+    if (r.active) {
+      // lora.text_encoder and train_text_encoder are one switch.
+      const te = r.given("lora.text_encoder");
+      const tt = r.given("train_text_encoder");
+      if (te !== undefined && tt !== undefined && te !== tt) {
+        throw r.error(
+          "lora.text_encoder",
+          `lora.text_encoder is ${te} but train_text_encoder is ${tt}; they are one switch`,
+        );
+      }
+      c.train_text_encoder = (te ?? c.train_text_encoder) as boolean;
+      if (!l.unet && !c.train_text_encoder) {
+        throw r.error("lora.unet", "lora.unet and lora.text_encoder are both false: nothing to train");
+      }
+    } else {
+      for (const [k, fd] of Object.entries(LORA_FIELDS)) {
+        if (fd.default !== undefined)
+          r.pointless(`lora.${k}`, fd.default, "no LoRA is trained (method dreambooth, use_lora false)");
+      }
+    }
+    if (r.isAuto(l.alpha)) l.alpha = l.rank;
+    if (r.isAuto(l.conv_alpha)) l.conv_alpha = l.conv_rank;
+    if (l.conv_rank > 0 && l.conv_alpha === 0)
+      throw r.error("lora.conv_alpha", "lora.conv_alpha must be > 0 when conv_rank > 0");
+    if (!r.active) {
+      r.pointless("lora.alpha", l.rank, "no LoRA is trained");
+      r.pointless("lora.conv_alpha", l.conv_rank, "no LoRA is trained");
+      r.pointless("lora.text_encoder", c.train_text_encoder, "no LoRA is trained (use train_text_encoder)");
+    }
+    l.text_encoder = c.train_text_encoder;
+  },
+  create(c, { model, generator }): TrainingMethod {
+    const l = c.lora;
+    const trainsTextEncoder = l.text_encoder && (c.method === "lora" || c.train_text_encoder);
+    model.vae.requiresGrad_(false);
+    model.unet.requiresGrad_(false);
+    model.textEncoder.requiresGrad_(false);
+    const network = injectLora(model, {
+      rank: l.rank,
+      alpha: l.alpha,
+      dropout: l.dropout,
+      unet: l.unet,
+      textEncoder: trainsTextEncoder,
+      convRank: l.conv_rank > 0 ? l.conv_rank : undefined,
+      convAlpha: l.conv_rank > 0 ? l.conv_alpha : undefined,
+      generator,
+    });
+    model.unet.train();
+    model.textEncoder.train(trainsTextEncoder);
+
+    /** The base's weights with the LoRA merged in, as new tensors: the live base stays untouched. */
+    const merged = (component: "unet" | "textEncoder", sd: Map<string, Tensor>) => {
+      const out = new Map(sd);
+      const temps: Tensor[] = [];
+      for (const m of network.modules) {
+        if (m.target.component !== component) continue;
+        const key = `${m.target.path}.weight`;
+        const w = out.get(key);
+        if (!w) throw new Error(`merging the LoRA: no weight '${key}' in the ${component}`);
+        const t = keep(noGrad(() => scope(() => w.float().add(m.deltaWeight()).to(w.dtype))));
+        temps.push(t);
+        out.set(key, t);
+      }
+      return { sd: out, temps };
+    };
+
+    return {
+      name: "lora",
+      trainsTextEncoder,
+      groups() {
+        const g = [];
+        const unet = network.trainableParameters("unet");
+        if (unet.length) g.push({ name: "unet", params: unet, lr: c.learning_rate });
+        const te = network.trainableParameters("textEncoder");
+        if (te.length) g.push({ name: "text_encoder", params: te, lr: c.text_encoder_lr });
+        if (g.length === 0) throw new Error("lora: nothing to train (lora.unet and lora.text_encoder are both off)");
+        return g;
+      },
+      namedTrainable() {
+        const trainable = new Set(network.trainableParameters());
+        const out = new Map<string, Tensor>();
+        for (const [k, t] of network.stateDict()) if (trainable.has(t)) out.set(k, t);
+        return out;
+      },
+      save(r) {
+        const out: SavedArtifact[] = [];
+        const formats = c.save.formats;
+        if (formats.includes("lora")) {
+          const path = join(r.outputDir, `lora${r.tag}.safetensors`);
+          saveLora(path, network, r.metadata, {
+            dtype: c.save.half ? "float16" : undefined,
+            vPrediction: model.info.predictionType === "v_prediction",
+            resolution: c.resolution,
+            clipSkip: c.clip_skip,
+          });
+          out.push({ path, kind: "lora", format: "kohya_lora" });
+        }
+        const full = formats.filter((x) => x !== "lora");
+        if (full.length) {
+          const unet = merged("unet", model.unet.stateDict());
+          const te = merged("textEncoder", model.textEncoder.stateDict());
+          try {
+            out.push(...saveFullModel(model, c.save, full, "lora-merged", r, { unet: unet.sd, textEncoder: te.sd }));
+          } finally {
+            for (const t of [...unet.temps, ...te.temps]) t.dispose();
+          }
+        }
+        return out;
+      },
+      dispose() {
+        network.remove();
+        model.unet.eval();
+        model.textEncoder.eval();
+      },
+    };
+  },
+});

@@ -1,0 +1,96 @@
+// What a run writes while it trains: the method's artifacts (with kohya's
+// ss_* training metadata), the resumable state and sample grids, each
+// recorded in the manifest (keep_last pruning). With EMA, artifacts and
+// samples are made from the averaged weights.
+import { join } from "node:path";
+import { getRngState, type Tensor } from "../engine/index.js";
+import type { ArtifactKind } from "./manifest.js";
+import { EMA_PREFIX, type RunParts } from "./run-setup.js";
+import { saveSampleGrid } from "./samples.js";
+import { type Progress, saveTrainingState } from "./state.js";
+
+export interface WrittenArtifact {
+  kind: ArtifactKind;
+  path: string;
+  format: string;
+}
+
+export const stepTag = (step: number) => `-step${String(step).padStart(6, "0")}`;
+export const epochTag = (epoch: number) => `-epoch${String(epoch).padStart(4, "0")}`;
+
+/** kohya's ss_* keys, as its train_network.py writes them, for the saved files' headers. */
+export function trainMetadata(p: RunParts, progress: Progress): Record<string, string> {
+  const c = p.c;
+  return {
+    ss_learning_rate: String(c.learning_rate),
+    ss_text_encoder_lr: String(c.text_encoder_lr),
+    ss_unet_lr: String(c.learning_rate),
+    ss_steps: String(progress.step),
+    ss_epoch: String(progress.epoch),
+    ss_max_train_steps: String(p.total),
+    ss_seed: String(c.seed),
+    ss_clip_skip: String(c.clip_skip),
+    ss_noise_offset: String(c.noise_offset),
+    ss_min_snr_gamma: String(c.min_snr_gamma),
+    ss_prior_loss_weight: String(c.prior_loss_weight),
+    ss_mixed_precision: c.mixed_precision,
+    ss_num_train_images: String(p.dataset.instanceImages.length),
+    ss_num_reg_images: String(p.dataset.classImages.length),
+    ss_sd_model_name: p.modelPath.split("/").pop() ?? "",
+    ss_training_comment: "trained with Atelier",
+  };
+}
+
+const withAverages = <T>(p: RunParts, fn: () => T): T => (p.ema ? p.ema.withAverages(fn) : fn());
+
+/** Writes the method's artifacts under `tag` and, when `state`, a resumable state; returns what was written. */
+export function writeArtifacts(p: RunParts, progress: Progress, tag: string, state: boolean): WrittenArtifact[] {
+  const { c, manifest } = p;
+  const out: WrittenArtifact[] = [];
+  const record = (a: WrittenArtifact) => {
+    manifest.add(a.path, { kind: a.kind, step: progress.step, epoch: progress.epoch, format: a.format });
+    manifest.prune(a.kind, c.save.keep_last);
+    out.push(a);
+  };
+  const saved = withAverages(p, () =>
+    p.method.save({ outputDir: c.output_dir, tag, metadata: trainMetadata(p, progress) }),
+  );
+  for (const a of saved) record(a);
+  if (state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
+  return out;
+}
+
+/** The state folder for `tag` (`state-step000100`), written atomically. */
+function saveState(p: RunParts, progress: Progress, tag: string): string {
+  const dir = join(p.c.output_dir, `state${tag || stepTag(progress.step)}`);
+  const rng = new Map([
+    ["noise", p.noiseGen.getState()],
+    ["default", getRngState()],
+  ]);
+  const opt = p.optimizer.stateDict();
+  const weights = new Map<string, Tensor>(p.method.namedTrainable());
+  for (const [i, t] of (p.ema?.shadow ?? []).entries()) weights.set(`${EMA_PREFIX}${p.emaNames[i]}`, t);
+  try {
+    saveTrainingState(dir, {
+      progress,
+      weights,
+      optimizer: opt,
+      scheduler: p.scheduler.stateDict(),
+      rng,
+      extra: { method: p.method.name, total: p.total, ema_decay: p.c.ema_decay },
+    });
+  } finally {
+    for (const t of [...rng.values(), ...opt.tensors.values()]) t.dispose();
+  }
+  return dir;
+}
+
+/** Writes a grid of the sample prompts at this step; null when there are none. */
+export function writeSamples(p: RunParts, progress: Progress): string | null {
+  const c = p.c;
+  if (c.sample.prompts.length === 0) return null;
+  const path = join(c.output_dir, "samples", `step-${String(progress.step).padStart(6, "0")}.png`);
+  withAverages(p, () => saveSampleGrid(p.model, c, path));
+  p.manifest.add(path, { kind: "samples", step: progress.step, epoch: progress.epoch, format: "png" });
+  return path;
+}
