@@ -60,39 +60,44 @@ export function buildPrompt(prompt: string | undefined, read: { caption: string;
   return applyTemplate(p, read.caption);
 }
 
+/**
+ * How an image's caption is processed: the concept config's shuffle_tags and
+ * keep_tokens (src/train/config-core.ts CONCEPT_FIELDS), and kohya's other
+ * caption options under their kohya names, which the config does not expose.
+ */
 export interface CaptionOptions {
-  /** kohya shuffle_caption: shuffle the tags after the first keepTokens. */
-  shuffleCaption?: boolean;
+  /** kohya shuffle_caption: shuffle the tags after the first keep_tokens. */
+  shuffle_tags?: boolean;
   /** kohya keep_tokens: the leading tags that stay in place. */
-  keepTokens?: number;
+  keep_tokens?: number;
   /** kohya keep_tokens_separator (e.g. "|||"): tags before it stay in place, and after a second one. */
-  keepTokensSeparator?: string;
+  keep_tokens_separator?: string;
   /** kohya caption_separator (default ","). */
-  captionSeparator?: string;
+  caption_separator?: string;
   /** kohya caption_dropout_rate: the whole caption becomes "" with this probability. */
-  captionDropoutRate?: number;
+  caption_dropout_rate?: number;
   /** kohya caption_tag_dropout_rate: each movable tag is dropped with this probability. */
-  captionTagDropoutRate?: number;
+  caption_tag_dropout_rate?: number;
 }
 
 /** True when processCaption can change a caption (so its text encoding cannot be computed once). */
 export function captionsVary(o: CaptionOptions): boolean {
-  return !!o.shuffleCaption || (o.captionDropoutRate ?? 0) > 0 || (o.captionTagDropoutRate ?? 0) > 0;
+  return !!o.shuffle_tags || (o.caption_dropout_rate ?? 0) > 0 || (o.caption_tag_dropout_rate ?? 0) > 0;
 }
 
 /**
  * kohya BaseDataset.process_caption (library/train_util.py): caption dropout
  * first, then — when shuffling or tag dropout is on — split on the separator,
- * keep the first keepTokens (or the part before keepTokensSeparator), shuffle
+ * keep the first keep_tokens (or the part before keep_tokens_separator), shuffle
  * the rest, drop tags, join with ", ". Draws only from `rng`.
  */
 export function processCaption(caption: string, o: CaptionOptions, rng: Rng): string {
-  const dropRate = o.captionDropoutRate ?? 0;
+  const dropRate = o.caption_dropout_rate ?? 0;
   if (dropRate > 0 && rng.next() < dropRate) return "";
-  const tagDrop = o.captionTagDropoutRate ?? 0;
-  if (!o.shuffleCaption && tagDrop <= 0) return caption;
+  const tagDrop = o.caption_tag_dropout_rate ?? 0;
+  if (!o.shuffle_tags && tagDrop <= 0) return caption;
 
-  const sep = o.captionSeparator ?? ",";
+  const sep = o.caption_separator ?? ",";
   const split = (s: string) =>
     s
       .split(sep)
@@ -101,7 +106,7 @@ export function processCaption(caption: string, o: CaptionOptions, rng: Rng): st
   let fixed: string[] = [];
   let flex: string[];
   let fixedSuffix: string[] = [];
-  const kts = o.keepTokensSeparator;
+  const kts = o.keep_tokens_separator;
   if (kts && caption.includes(kts)) {
     const at = caption.indexOf(kts);
     fixed = split(caption.slice(0, at));
@@ -117,25 +122,25 @@ export function processCaption(caption: string, o: CaptionOptions, rng: Rng): st
       .trim()
       .split(sep)
       .map((t) => t.trim());
-    const keep = o.keepTokens ?? 0;
+    const keep = o.keep_tokens ?? 0;
     fixed = keep > 0 ? tokens.slice(0, keep) : [];
     flex = keep > 0 ? tokens.slice(keep) : tokens;
   }
-  if (o.shuffleCaption) rng.shuffle(flex);
+  if (o.shuffle_tags) rng.shuffle(flex);
   if (tagDrop > 0) flex = flex.filter(() => rng.next() >= tagDrop);
   return [...fixed, ...flex, ...fixedSuffix].join(", ");
 }
 
 export function checkCaptionOptions(o: CaptionOptions, what: string): void {
   for (const [name, v] of [
-    ["captionDropoutRate", o.captionDropoutRate],
-    ["captionTagDropoutRate", o.captionTagDropoutRate],
+    ["caption_dropout_rate", o.caption_dropout_rate],
+    ["caption_tag_dropout_rate", o.caption_tag_dropout_rate],
   ] as const) {
     if (v !== undefined && !(Number.isFinite(v) && v >= 0 && v <= 1)) {
       throw new Error(`${what}: ${name} must be in [0, 1], got ${v}`);
     }
   }
-  if (o.keepTokens !== undefined && !(Number.isInteger(o.keepTokens) && o.keepTokens >= 0)) {
-    throw new Error(`${what}: keepTokens must be a non-negative integer, got ${o.keepTokens}`);
+  if (o.keep_tokens !== undefined && !(Number.isInteger(o.keep_tokens) && o.keep_tokens >= 0)) {
+    throw new Error(`${what}: keep_tokens must be a non-negative integer, got ${o.keep_tokens}`);
   }
 }

@@ -14,22 +14,20 @@ import { writeAll, writeFileAtomic, writeTextAtomic } from "../../formats/atomic
 import { a1111Parameters, encodePng } from "../../formats/png.js";
 import { A1111_SAMPLER_NAMES } from "../../infer/save-images.js";
 import { type StableDiffusion, toRgbBytes, txt2img } from "../../infer/txt2img.js";
+import type { ConceptConfig } from "../config-core.js";
 import { applyTemplate, captionPath } from "./captions.js";
-import { type ConceptConfig, checkImages, classImagesWanted, scanImages } from "./concepts.js";
+import { checkImages, classImagesWanted, scanImages } from "./concepts.js";
 
+/**
+ * How class images are generated besides what the concept says (its
+ * num_class_images, class_infer_steps, class_guidance_scale and
+ * class_batch_size: images per txt2img call).
+ */
 export interface EnsureClassImagesOptions {
-  /** Class images wanted; default the concept's numClassImages (or numClassImagesPer × instance images). */
-  count?: number;
   sampler?: string;
-  /** Default the concept's classInferSteps, else 40. */
-  steps?: number;
-  /** Default the concept's classGuidanceScale, else 7.5. */
-  cfg?: number;
   /** First seed; batch i uses seed + (images in the folder before it). Default random. */
   seed?: number;
-  /** Images per txt2img call (default 1). */
-  batch?: number;
-  /** Default the concept's classNegativePrompt. */
+  /** Negative prompt (default none). */
   negative?: string;
   width?: number;
   height?: number;
@@ -62,9 +60,9 @@ function freeName(dir: string, stem: string, captionExt: string): string {
 
 /** The prompt class images are generated from: the class prompt, `[filewords]` left empty. */
 export function classGenerationPrompt(concept: ConceptConfig): string {
-  const prompt = applyTemplate(concept.classPrompt ?? "", "");
+  const prompt = applyTemplate(concept.class_prompt ?? "", "");
   if (prompt === "") {
-    throw new Error(`${concept.classDataDir}: a class prompt is needed to generate class images`);
+    throw new Error(`${concept.class_data_dir}: a class prompt is needed to generate class images`);
   }
   return prompt;
 }
@@ -79,23 +77,17 @@ export async function ensureClassImages(
   model: StableDiffusion,
   o: EnsureClassImagesOptions = {},
 ): Promise<EnsureClassImagesResult> {
-  if (!concept.classDataDir)
-    throw new Error(`concept ${concept.instanceDataDir}: no class folder (classDataDir) is set`);
-  const dir = resolve(concept.classDataDir);
-  let wanted = o.count;
-  if (wanted === undefined) {
-    const instances = existsSync(concept.instanceDataDir)
-      ? scanImages(concept.instanceDataDir, concept.recursive).length
-      : 0;
-    wanted = classImagesWanted(concept, instances);
-  }
+  if (!concept.class_data_dir)
+    throw new Error(`concept ${concept.instance_data_dir}: no class folder (class_data_dir) is set`);
+  const dir = resolve(concept.class_data_dir);
+  const wanted = classImagesWanted(concept);
   if (!Number.isInteger(wanted) || wanted < 0)
-    throw new Error(`class image count must be an integer >= 0, got ${wanted}`);
-  const batch = o.batch ?? 1;
-  if (!Number.isInteger(batch) || batch < 1) throw new Error(`batch must be an integer >= 1, got ${batch}`);
+    throw new Error(`num_class_images must be an integer >= 0, got ${wanted}`);
+  const batch = concept.class_batch_size;
+  if (!Number.isInteger(batch) || batch < 1) throw new Error(`class_batch_size must be an integer >= 1, got ${batch}`);
 
   mkdirSync(dir, { recursive: true });
-  const checked = await checkImages(scanImages(dir, concept.recursive));
+  const checked = await checkImages(scanImages(dir));
   const existing = checked.images.length;
   const result: EnsureClassImagesResult = { dir, existing, generated: [], wanted, warnings: checked.warnings };
   const missing = wanted - existing;
@@ -109,10 +101,10 @@ export async function ensureClassImages(
     const batchSeed = seed + existing + result.generated.length;
     const r = txt2img(model, {
       prompt,
-      negative: o.negative ?? concept.classNegativePrompt ?? "",
+      negative: o.negative ?? "",
       sampler: o.sampler,
-      steps: o.steps ?? concept.classInferSteps ?? 40,
-      cfg: o.cfg ?? concept.classGuidanceScale ?? 7.5,
+      steps: concept.class_infer_steps,
+      cfg: concept.class_guidance_scale,
       seed: batchSeed,
       width: o.width,
       height: o.height,
@@ -135,7 +127,7 @@ export async function ensureClassImages(
         extra: n > 1 ? { "Batch size": n } : {},
       });
       for (const img of toRgbBytes(r.images)) {
-        const captionExt = concept.captionExtension ?? ".txt";
+        const captionExt = concept.caption_extension;
         const path = freeName(dir, createHash("sha1").update(img.data).digest("hex"), captionExt);
         writeTextAtomic(captionPath(path, captionExt), prompt);
         const png = encodePng({ ...img, channels: 3 }, { parameters: text });

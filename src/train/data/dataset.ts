@@ -9,9 +9,10 @@ import { readFile } from "node:fs/promises";
 import { cat, scope, type Tensor } from "../../engine/index.js";
 import { latentScale } from "../../infer/txt2img.js";
 import type { AutoencoderKL } from "../../models/vae/vae.js";
+import type { ConceptConfig } from "../config-core.js";
 import { type BucketOptions, makeBucketResolutions, type Size, selectBucket } from "./buckets.js";
 import { captionsVary } from "./captions.js";
-import { type ConceptConfig, fileSignature, type ImageEntry, type LoadedConcept, loadConcept } from "./concepts.js";
+import { fileSignature, type ImageEntry, type LoadedConcept, loadConcept } from "./concepts.js";
 import {
   type Background,
   type CropPlan,
@@ -58,6 +59,7 @@ export interface LatentOptions {
 }
 
 export interface DatasetConfig {
+  /** The training config's concepts, as resolved (every field set). */
   concepts: ConceptConfig[];
   /** Training resolution: 512, or [width, height] (kohya "512,768"). */
   resolution: number | Size;
@@ -184,11 +186,11 @@ export class Dataset {
     const prior = config.priorPreservation ?? wanting.length > 0;
     if (prior) {
       if (wanting.length === 0)
-        throw new Error("prior preservation needs a concept with a class folder and numClassImages > 0");
+        throw new Error("prior preservation needs a concept with a class_data_dir and num_class_images > 0");
       for (const c of wanting) {
         if (c.class.length === 0) {
           throw new Error(
-            `concept ${c.index + 1}: prior preservation needs class images, but ${c.config.classDataDir} holds no usable image; generate them with ensureClassImages`,
+            `concept ${c.index + 1}: prior preservation needs class images, but ${c.config.class_data_dir} holds no usable image; generate them with ensureClassImages`,
           );
         }
       }

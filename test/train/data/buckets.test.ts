@@ -84,7 +84,7 @@ function input(o: Partial<PlanInput> = {}): PlanInput {
       { path: "/c/1.png", bucket: sq, concept: 0, prompt: "dog" },
       { path: "/c/2.png", bucket: sq, concept: 0, prompt: "dog" },
     ],
-    concepts: [{ repeats: 2, shuffleCaption: true, keepTokens: 1 }, { repeats: 1 }],
+    concepts: [{ repeats: 2, shuffle_tags: true, keep_tokens: 1 }, { repeats: 1 }],
     ...o,
   };
 }

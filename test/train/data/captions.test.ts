@@ -1,5 +1,5 @@
 // Captions: sidecar files, A1111 file-name captions, [filewords], kohya's
-// shuffle with keep_tokens and dropout, concept JSON.
+// shuffle with keep_tokens and dropout.
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -12,7 +12,6 @@ import {
   processCaption,
   readCaption,
 } from "../../../src/train/data/captions.js";
-import { conceptFromJson } from "../../../src/train/data/concepts.js";
 import { Rng } from "../../../src/train/data/rng.js";
 import { checkLeaks } from "../../helpers.js";
 import { tempDir } from "./images.js";
@@ -64,7 +63,7 @@ test("prompts: [filewords] templates (A1111), else the caption file, else the pr
 
 test("tag shuffle keeps the first keep_tokens tags and is deterministic per seed", () => {
   const caption = "sks dog, sitting, grass, sunny, red collar, park, blue sky";
-  const o = { shuffleCaption: true, keepTokens: 2 };
+  const o = { shuffle_tags: true, keep_tokens: 2 };
   const a = processCaption(caption, o, new Rng(7, 0, "caption", 0, 0));
   const b = processCaption(caption, o, new Rng(7, 0, "caption", 0, 0));
   assert.equal(a, b);
@@ -84,7 +83,7 @@ test("tag shuffle keeps the first keep_tokens tags and is deterministic per seed
 });
 
 test("keep_tokens_separator fixes a prefix and a suffix", () => {
-  const o = { shuffleCaption: true, keepTokensSeparator: "|||" };
+  const o = { shuffle_tags: true, keep_tokens_separator: "|||" };
   for (let s = 0; s < 10; s++) {
     const out = processCaption("sks, dog ||| a, b, c, d ||| best quality", o, new Rng(s));
     const tags = out.split(", ");
@@ -95,14 +94,14 @@ test("keep_tokens_separator fixes a prefix and a suffix", () => {
 });
 
 test("caption dropout turns the whole caption into '' at its rate", () => {
-  assert.equal(processCaption("a, b", { captionDropoutRate: 1 }, new Rng(1)), "");
-  assert.equal(processCaption("a, b", { captionDropoutRate: 0 }, new Rng(1)), "a, b");
+  assert.equal(processCaption("a, b", { caption_dropout_rate: 1 }, new Rng(1)), "");
+  assert.equal(processCaption("a, b", { caption_dropout_rate: 0 }, new Rng(1)), "a, b");
   const rng = new Rng(3);
   let dropped = 0;
-  for (let i = 0; i < 4000; i++) if (processCaption("a, b", { captionDropoutRate: 0.25 }, rng) === "") dropped++;
+  for (let i = 0; i < 4000; i++) if (processCaption("a, b", { caption_dropout_rate: 0.25 }, rng) === "") dropped++;
   assert.ok(Math.abs(dropped / 4000 - 0.25) < 0.03, `dropped ${dropped} of 4000`);
   // Tag dropout only removes movable tags.
-  const out = processCaption("keep, a, b, c, d, e, f", { keepTokens: 1, captionTagDropoutRate: 0.5 }, new Rng(5));
+  const out = processCaption("keep, a, b, c, d, e, f", { keep_tokens: 1, caption_tag_dropout_rate: 0.5 }, new Rng(5));
   assert.ok(out.startsWith("keep"));
 });
 
@@ -122,39 +121,4 @@ test("Rng streams: reproducible, uniform-ish, unbiased shuffles", () => {
   const r = new Rng(9);
   for (let i = 0; i < 3000; i++) counts[r.int(3)]++;
   for (const c of counts) assert.ok(Math.abs(c - 1000) < 120, `${counts}`);
-});
-
-test("concepts from A1111 / kohya JSON", () => {
-  const c = conceptFromJson({
-    instance_data_dir: "/data/sks",
-    instance_prompt: "photo of sks dog, [filewords]",
-    class_data_dir: "/data/dog",
-    class_prompt: "photo of a dog",
-    class_negative_prompt: "blurry",
-    num_class_images_per: 4,
-    num_repeats: "10",
-    caption_extension: ".caption",
-    shuffle_caption: true,
-    keep_tokens: 1,
-    caption_dropout_rate: 0.1,
-    class_guidance_scale: 7.5,
-    class_infer_steps: 40,
-    is_valid: true,
-  });
-  assert.deepEqual(c, {
-    instanceDataDir: "/data/sks",
-    instancePrompt: "photo of sks dog, [filewords]",
-    classDataDir: "/data/dog",
-    classPrompt: "photo of a dog",
-    classNegativePrompt: "blurry",
-    numClassImagesPer: 4,
-    repeats: 10,
-    captionExtension: ".caption",
-    shuffleCaption: true,
-    keepTokens: 1,
-    captionDropoutRate: 0.1,
-    classGuidanceScale: 7.5,
-    classInferSteps: 40,
-  });
-  assert.throws(() => conceptFromJson({ instance_prompt: "x" }), /instance_data_dir/);
 });

@@ -14,11 +14,11 @@ import { UNet2DConditionModel } from "../../../src/models/unet/index.js";
 import { AutoencoderKL } from "../../../src/models/vae/index.js";
 import { SD15_SCHEDULER_CONFIG } from "../../../src/schedulers/index.js";
 import { ensureClassImages } from "../../../src/train/data/class-images.js";
-import type { ConceptConfig } from "../../../src/train/data/concepts.js";
 import { Dataset, disposeBatch } from "../../../src/train/data/dataset.js";
 import { loadImage } from "../../../src/train/data/image.js";
 import { TextEmbeddingCache } from "../../../src/train/data/text-cache.js";
 import { assertClose, checkLeaks, sharedFixture } from "../../helpers.js";
+import { concept as makeConcept } from "./concept.js";
 import { tempDir, writeImage } from "./images.js";
 
 checkLeaks();
@@ -62,15 +62,17 @@ const root = tempDir();
 const pngs = (dir: string) => readdirSync(dir).filter((f) => f.endsWith(".png"));
 
 test("ensureClassImages fills the class folder to num_class_images, then reuses it", async () => {
-  const concept: ConceptConfig = {
-    instanceDataDir: join(root, "inst"),
-    classDataDir: join(root, "class"),
-    classPrompt: "a photo of a dog",
-    classNegativePrompt: "blurry",
-    numClassImages: 3,
-  };
+  const concept = makeConcept({
+    instance_data_dir: join(root, "inst"),
+    instance_prompt: "",
+    class_data_dir: join(root, "class"),
+    class_prompt: "a photo of a dog",
+    num_class_images: 3,
+    class_infer_steps: 2,
+    class_batch_size: 2,
+  });
   const progress: [number, number][] = [];
-  const o = { steps: 2, seed: 5, batch: 2, width: 16, height: 16, sampler: "ddim" };
+  const o = { seed: 5, negative: "blurry", width: 16, height: 16, sampler: "ddim" };
   const first = await ensureClassImages(concept, model, { ...o, onProgress: (d, t) => progress.push([d, t]) });
   assert.equal(first.existing, 0);
   assert.equal(first.generated.length, 3);
@@ -79,7 +81,7 @@ test("ensureClassImages fills the class folder to num_class_images, then reuses 
     [2, 3],
     [3, 3],
   ]);
-  assert.equal(pngs(concept.classDataDir!).length, 3);
+  assert.equal(pngs(concept.class_data_dir!).length, 3);
   for (const p of first.generated) {
     const img = await loadImage(p);
     assert.deepEqual([img.width, img.height], [16, 16]);
@@ -87,21 +89,21 @@ test("ensureClassImages fills the class folder to num_class_images, then reuses 
     assert.match(params, /^a photo of a dog\nNegative prompt: blurry\nSteps: 2, Sampler: DDIM/);
     assert.equal(readFileSync(p.replace(/\.png$/, ".txt"), "utf8"), "a photo of a dog");
   }
-  assert.ok(!readdirSync(concept.classDataDir!).some((f) => f.includes(".tmp-")));
+  assert.ok(!readdirSync(concept.class_data_dir!).some((f) => f.includes(".tmp-")));
 
   // The second call finds them and generates nothing.
   const second = await ensureClassImages(concept, model, o);
   assert.deepEqual([second.existing, second.generated.length], [3, 0]);
 
   // Asking for more adds only the missing ones, under new names; images already there count.
-  await writeImage(join(concept.classDataDir!, "mine.png"), 16, 16, 3);
-  const third = await ensureClassImages({ ...concept, numClassImages: 5 }, model, o);
+  await writeImage(join(concept.class_data_dir!, "mine.png"), 16, 16, 3);
+  const third = await ensureClassImages({ ...concept, num_class_images: 5 }, model, o);
   assert.deepEqual([third.existing, third.generated.length], [4, 1]);
-  assert.equal(pngs(concept.classDataDir!).length, 5);
+  assert.equal(pngs(concept.class_data_dir!).length, 5);
   assert.ok(!first.generated.includes(third.generated[0]));
 
   await assert.rejects(
-    ensureClassImages({ ...concept, classPrompt: "", numClassImages: 9 }, model, o),
+    ensureClassImages({ ...concept, class_prompt: "", num_class_images: 9 }, model, o),
     /a class prompt is needed/,
   );
 });
@@ -147,15 +149,16 @@ test("the text-embedding cache equals encodePrompts and refuses a training encod
 test("a dataset with class images from ensureClassImages, latents and cached conditioning", async () => {
   const inst = join(root, "inst2");
   for (let i = 0; i < 2; i++) await writeImage(join(inst, `${i}.png`), 16, 16, i);
-  const concept: ConceptConfig = {
-    instanceDataDir: inst,
-    instancePrompt: "sks dog",
-    classDataDir: join(root, "class2"),
-    classPrompt: "a dog",
-    numClassImagesPer: 1,
-  };
-  const made = await ensureClassImages(concept, model, { steps: 1, seed: 1, width: 16, height: 16 });
-  assert.equal(made.generated.length, 2); // one per instance image
+  const concept = makeConcept({
+    instance_data_dir: inst,
+    instance_prompt: "sks dog",
+    class_data_dir: join(root, "class2"),
+    class_prompt: "a dog",
+    num_class_images: 2, // one per instance image
+    class_infer_steps: 1,
+  });
+  const made = await ensureClassImages(concept, model, { seed: 1, width: 16, height: 16 });
+  assert.equal(made.generated.length, 2);
   const textCache = new TextEmbeddingCache({ textEncoder: model.textEncoder, tokenizer: model.tokenizer });
   const ds = await Dataset.open({
     concepts: [concept],

@@ -11,6 +11,7 @@ import { type Batch, Dataset, type DatasetConfig, disposeBatch } from "../../../
 import { coverCrop, loadImage, resizeAndCrop } from "../../../src/train/data/image.js";
 import { pixelsToTensor } from "../../../src/train/data/latent-cache.js";
 import { assertClose, checkLeaks } from "../../helpers.js";
+import { concept } from "./concept.js";
 import { tempDir, writeImage, writeNonImage, writeTruncatedJpeg } from "./images.js";
 
 checkLeaks();
@@ -49,13 +50,13 @@ const ready = (async () => {
 function config(o: Partial<DatasetConfig> = {}): DatasetConfig {
   return {
     concepts: [
-      {
-        instanceDataDir: inst,
-        instancePrompt: "photo of sks dog, [filewords]",
-        classDataDir: cls,
-        classPrompt: "photo of a dog",
-        numClassImages: 3,
-      },
+      concept({
+        instance_data_dir: inst,
+        instance_prompt: "photo of sks dog, [filewords]",
+        class_data_dir: cls,
+        class_prompt: "photo of a dog",
+        num_class_images: 3,
+      }),
     ],
     resolution: 32,
     bucketing: BUCKETS,
@@ -103,13 +104,20 @@ test("a concept with no usable image stops with an error naming the folder", asy
   mkdirSync(empty, { recursive: true });
   const only = join(root, "only-bad");
   await writeTruncatedJpeg(join(only, "x.jpg"));
-  const open = (dir: string) => Dataset.open({ concepts: [{ instanceDataDir: dir }], resolution: 32 });
+  const open = (dir: string) =>
+    Dataset.open({ concepts: [concept({ instance_data_dir: dir, instance_prompt: "" })], resolution: 32 });
   await assert.rejects(open(empty), new RegExp(`no usable images in ${empty}: no image files`));
   await assert.rejects(open(only), (e: Error) => e.message.includes(only) && e.message.includes(join(only, "x.jpg")));
   await assert.rejects(open(join(root, "nowhere")), /does not exist/);
   // Prior preservation without class images says how to get them.
   await assert.rejects(
-    Dataset.open(config({ concepts: [{ instanceDataDir: inst, classDataDir: empty, numClassImages: 2 }] })),
+    Dataset.open(
+      config({
+        concepts: [
+          concept({ instance_data_dir: inst, instance_prompt: "", class_data_dir: empty, num_class_images: 2 }),
+        ],
+      }),
+    ),
     /holds no usable image; generate them with ensureClassImages/,
   );
 });
@@ -151,7 +159,9 @@ test("prior preservation: each batch is instance examples then class examples, f
 
 test("the order is resumable: from step k, or from a saved plan", async () => {
   await ready;
-  const ds = await Dataset.open(config({ batchSize: 1, concepts: [{ instanceDataDir: inst, repeats: 3 }] }));
+  const ds = await Dataset.open(
+    config({ batchSize: 1, concepts: [concept({ instance_data_dir: inst, instance_prompt: "", repeats: 3 })] }),
+  );
   assert.equal(ds.length, 9);
   const sig = (bs: Batch[]) => bs.map((b) => `${b.step}:${b.imagePaths.join("+")}:${b.prompts.join("+")}`);
   const all = await collect(ds, 4);
@@ -172,7 +182,11 @@ test("latent cache: hits, and new latents when the image, the size or the VAE ch
   await writeImage(join(dir, "inst", "x.png"), 32, 32, 5);
   await writeImage(join(dir, "inst", "y.png"), 32, 48, 6);
   const x = join(dir, "inst", "x.png");
-  const base = { concepts: [{ instanceDataDir: join(dir, "inst") }], resolution: 32, bucketing: BUCKETS };
+  const base = {
+    concepts: [concept({ instance_data_dir: join(dir, "inst"), instance_prompt: "" })],
+    resolution: 32,
+    bucketing: BUCKETS,
+  };
   const ds = await Dataset.open({ ...base, latents: { vae: vaeA } });
   assert.deepEqual(await ds.cacheLatents(), { encoded: 2, reused: 0 });
   assert.deepEqual(await ds.cacheLatents(), { encoded: 0, reused: 2 });
@@ -215,7 +229,7 @@ test("disk latent cache: reused across datasets, keyed by VAE and size, corrupt 
   const warnings: string[] = [];
   const open = (o: Partial<DatasetConfig>, vae = vaeA) =>
     Dataset.open({
-      concepts: [{ instanceDataDir: join(dir, "inst") }],
+      concepts: [concept({ instance_data_dir: join(dir, "inst"), instance_prompt: "" })],
       resolution: 32,
       latents: { vae, cache: "disk", dir: cacheDir },
       onWarning: (w) => warnings.push(w),
@@ -252,7 +266,7 @@ test("disk latent cache: reused across datasets, keyed by VAE and size, corrupt 
 test("a batch is encoded from the resized, center-cropped image", async () => {
   await ready;
   const ds = await Dataset.open({
-    concepts: [{ instanceDataDir: inst }],
+    concepts: [concept({ instance_data_dir: inst, instance_prompt: "" })],
     resolution: 32,
     bucketing: BUCKETS,
     batchSize: 1,
