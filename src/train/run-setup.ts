@@ -16,7 +16,7 @@ import {
 import { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
 import { NoiseSchedule } from "../schedulers/index.js";
 import { scheduleOptions, type TrainConfig, writeResolvedConfig } from "./config.js";
-import { type ConceptConfig, Dataset, ensureClassImages, TextEmbeddingCache } from "./data/index.js";
+import { Dataset, ensureClassImages, TextEmbeddingCache } from "./data/index.js";
 import { Ema } from "./ema.js";
 import { RunManifest } from "./manifest.js";
 import { type MethodSpec, methodSpecFor, type TrainingMethod } from "./methods/index.js";
@@ -58,23 +58,6 @@ export interface RunSetupOptions {
   warn: (message: string) => void;
 }
 
-/** The data layer's concept description, from the config's. */
-export function datasetConcepts(c: TrainConfig): ConceptConfig[] {
-  return c.concepts.map((k) => ({
-    instanceDataDir: k.instance_data_dir,
-    instancePrompt: k.instance_prompt,
-    classDataDir: k.class_data_dir ?? undefined,
-    classPrompt: k.class_prompt ?? undefined,
-    numClassImages: k.num_class_images,
-    classGuidanceScale: k.class_guidance_scale,
-    classInferSteps: k.class_infer_steps,
-    repeats: k.repeats,
-    captionExtension: k.caption_extension,
-    shuffleTags: k.shuffle_tags,
-    keepTokens: k.keep_tokens,
-  }));
-}
-
 function makeOptimizer(c: TrainConfig, method: TrainingMethod): Optimizer<GroupHyper> {
   const groups = method.groups().map((g) => ({ params: g.params, lr: g.lr }));
   if (c.optimizer === "sgd") return new SGD(groups, { lr: c.learning_rate, weightDecay: c.weight_decay });
@@ -92,14 +75,13 @@ function autocastFor(c: TrainConfig, device: string, warn: (m: string) => void):
 }
 
 async function prepareClassImages(c: TrainConfig, model: LoadedStableDiffusion, log: (m: string) => void) {
-  for (const [i, k] of datasetConcepts(c).entries()) {
-    if (!k.classDataDir || !(k.numClassImages! > 0)) continue;
+  for (const [i, k] of c.concepts.entries()) {
+    if (!k.class_data_dir || !(k.num_class_images > 0)) continue;
     const r = await ensureClassImages(k, model, {
       seed: c.seed + i * 1_000_003,
       width: c.resolution,
       height: c.resolution,
       clipSkip: c.clip_skip,
-      batch: c.concepts[i].class_batch_size,
       // About ten progress lines, not one per image.
       onProgress: (done, all) => {
         if (done === all || done % Math.max(1, Math.ceil(all / 10)) === 0)
@@ -139,7 +121,7 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
         });
     if (textCache) owned.push(textCache);
     const dataset = await Dataset.open({
-      concepts: datasetConcepts(c),
+      concepts: c.concepts,
       resolution: c.resolution,
       bucketing: c.bucketing.enabled
         ? { minReso: c.bucketing.min, maxReso: c.bucketing.max, step: c.bucketing.step }
