@@ -128,7 +128,24 @@ export async function trainCommand(argv: string[]): Promise<number> {
     if (e instanceof ConfigError || e instanceof WorkspaceError) throw new UsageError(e.message);
     throw e;
   }
-  const result = await train(config, { resume, log: (m) => console.error(m) });
-  console.log(`trained ${result.steps} steps; artifacts in ${result.outputDir} (manifest.json lists them)`);
-  return 0;
+  // Ctrl-C: stop after the current step with a resumable state; a second one quits at once.
+  const stop = new AbortController();
+  const onSigint = () => {
+    if (stop.signal.aborted) process.exit(130);
+    console.error("\nstopping after this step and saving a resumable state (Ctrl-C again to quit now)");
+    stop.abort();
+  };
+  process.on("SIGINT", onSigint);
+  try {
+    const result = await train(config, { resume, log: (m) => console.error(m), signal: stop.signal });
+    if (result.reason === "stopped") {
+      const again = [file, ...(file ? rest.slice(1) : rest)].filter((a) => a !== undefined).join(" ");
+      console.error(`stopped at step ${result.steps}; to go on: atelier train ${again} --resume ${result.resumeFrom}`);
+      return 130;
+    }
+    console.log(`trained ${result.steps} steps; artifacts in ${result.outputDir} (manifest.json lists them)`);
+    return 0;
+  } finally {
+    process.off("SIGINT", onSigint);
+  }
 }
