@@ -1,9 +1,10 @@
-// What the base model's training stages share: a step loop with AdamW, linear
-// warm-up then cosine decay, gradient clipping, a progress line and a loss log
-// (JSON lines, as the trainer's logs/loss.jsonl).
-import { appendFileSync, mkdirSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
-import { AdamW, clipGradNorm, LRScheduler, noGrad, scope, type Tensor } from "../../engine/index.js";
+// What the base model's training stages share: the trainer's step core
+// (src/train/loop.ts) with AdamW, linear warm-up then cosine decay and
+// gradient clipping, the trainer's progress line and its loss-log format
+// (JSON lines as OUTPUT_DIR/logs/loss.jsonl: step, epoch, loss, terms, lr).
+import { AdamW, LRScheduler, type Tensor } from "../../engine/index.js";
+import { StepClock, StepCore } from "../../train/loop.js";
+import { LossLog, type LossRecord, progressLine } from "../../train/progress.js";
 import type { StageSettings } from "./recipe.js";
 
 export interface StageLoop {
@@ -12,21 +13,17 @@ export interface StageLoop {
   /** Parameter groups: parameters and their learning rate. */
   groups: { params: Tensor[]; lr: number }[];
   maxGradNorm?: number;
-  /** The loss of step `i` (a 0-d tensor with a graph) and named parts to log. */
+  /** The loss of step `i` (0-based; a 0-d tensor with a graph) and named parts to log. */
   loss(step: number): { loss: Tensor; parts?: Record<string, Tensor> };
-  /** After each optimizer step (EMA updates). */
+  /** After each optimizer step, with its 0-based index (EMA updates). */
   afterStep?(step: number): void;
-  /** JSON-lines file the per-step losses are appended to. */
+  /** JSON-lines file the per-step records are written to (started afresh). */
   logFile?: string;
   log?: (line: string) => void;
 }
 
-export interface StageRecord {
-  step: number;
-  loss: number;
-  lr: number;
-  [part: string]: number;
-}
+/** One step of a stage (1-based, as the trainer's loss log). */
+export type StageRecord = LossRecord;
 
 /** Runs the loop; returns the per-step records. */
 export function runStage(s: StageLoop): StageRecord[] {
@@ -36,46 +33,29 @@ export function runStage(s: StageLoop): StageRecord[] {
     { lr: s.groups[0].lr, weightDecay: 1e-2 },
   );
   const scheduler = new LRScheduler(optimizer, "cosine", { warmupSteps: warmup, trainingSteps: steps });
-  if (s.logFile) {
-    mkdirSync(dirname(s.logFile), { recursive: true });
-    writeFileSync(s.logFile, "");
-  }
+  const core = new StepCore({ optimizer, scheduler, maxGradNorm: s.maxGradNorm, afterStep: s.afterStep, name: s.name });
+  const log = s.logFile ? new LossLog<StageRecord>(s.logFile) : null;
+  log?.clear();
+  const clock = new StepClock(steps);
   const records: StageRecord[] = [];
-  const start = performance.now();
   try {
-    for (let step = 0; step < steps; step++) {
-      const record = scope(() => {
-        const { loss, parts } = s.loss(step);
-        loss.backward();
-        const r: StageRecord = { step, loss: loss.item(), lr: optimizer.paramGroups[0].lr };
-        for (const [k, v] of Object.entries(parts ?? {})) r[k] = noGrad(() => v.item());
-        return r;
+    for (let i = 0; i < steps; i++) {
+      core.micro(() => {
+        const { loss, parts } = s.loss(i);
+        return { loss, terms: parts };
       });
-      if (!Number.isFinite(record.loss)) throw new Error(`${s.name}: the loss became ${record.loss} at step ${step}`);
-      if (s.maxGradNorm)
-        clipGradNorm(
-          s.groups.flatMap((g) => g.params),
-          s.maxGradNorm,
-        );
-      optimizer.step();
-      optimizer.zeroGrad();
-      scheduler.step();
-      s.afterStep?.(step);
+      const f = core.step(i);
+      const record = { step: i + 1, epoch: 0, loss: f.loss, ...f.terms, lr: f.lr } as StageRecord;
       records.push(record);
-      if (s.logFile) appendFileSync(s.logFile, `${JSON.stringify(record)}\n`);
-      if (s.log && (step % 25 === 0 || step === steps - 1)) s.log(progressLine(s.name, records, steps, start));
+      log?.append(record);
+      if (s.log && (i % 25 === 0 || i === steps - 1)) {
+        const recent = records.slice(-25);
+        const mean = recent.reduce((a, r) => a + r.loss, 0) / recent.length;
+        s.log(progressLine({ step: i + 1, total: steps, loss: mean, lr: f.lr, ...clock.at(i + 1) }, s.name));
+      }
     }
   } finally {
     optimizer.dispose();
   }
   return records;
-}
-
-function progressLine(name: string, records: StageRecord[], steps: number, start: number): string {
-  const done = records.length;
-  const recent = records.slice(-25);
-  const mean = recent.reduce((a, r) => a + r.loss, 0) / recent.length;
-  const elapsed = (performance.now() - start) / 1000;
-  const eta = (elapsed / done) * (steps - done);
-  return `${name}: step ${done}/${steps}  loss ${mean.toFixed(4)}  ${elapsed.toFixed(0)} s, ${eta.toFixed(0)} s left`;
 }

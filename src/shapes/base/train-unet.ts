@@ -4,11 +4,12 @@
 // Settings from ../shared/notes/shapes-world-feasibility.md: batch 64,
 // lr 1e-3 with warm-up, clipping 1, EMA 0.995, caption dropout (whole and
 // partial) so that classifier-free guidance and short prompts work.
-import { copy_, type Generator, indexSelect, lerp_, noGrad, type Tensor, tensor } from "../../engine/index.js";
+import { type Generator, indexSelect, type Tensor, tensor } from "../../engine/index.js";
 import { type ClipTextConfig, ClipTextModel, type ClipTokenizer } from "../../models/clip/index.js";
 import { clipConfigOf } from "../../models/stable-diffusion.js";
 import { UNet2DConditionModel } from "../../models/unet/index.js";
 import { NoiseSchedule, SD15_SCHEDULER_CONFIG } from "../../schedulers/index.js";
+import { Ema } from "../../train/ema.js";
 import { diffusionLoss, drawNoise } from "../../train/losses.js";
 import { WorldRng } from "../rng.js";
 import type { Scene } from "../world.js";
@@ -35,30 +36,6 @@ export interface UNetStageResult {
   unet: UNet2DConditionModel;
   textEncoder: ClipTextModel;
   records: StageRecord[];
-}
-
-/** Exponential moving averages of parameters (diffusers EMAModel's decay warm-up: min(decay, (1+t)/(10+t))). */
-class Ema {
-  readonly shadow: Tensor[];
-  constructor(
-    readonly params: Tensor[],
-    readonly decay: number,
-  ) {
-    this.shadow = noGrad(() => params.map((p) => p.clone())); // no graph under noGrad; a detach() alias would leak
-  }
-  update(step: number): void {
-    const d = Math.min(this.decay, (1 + step) / (10 + step));
-    noGrad(() => {
-      for (let i = 0; i < this.params.length; i++) lerp_(this.shadow[i], this.params[i], 1 - d);
-    });
-  }
-  /** Writes the averages into the parameters and frees them. */
-  apply(): void {
-    noGrad(() => {
-      for (let i = 0; i < this.params.length; i++) copy_(this.params[i], this.shadow[i]);
-    });
-    for (const t of this.shadow) t.dispose();
-  }
 }
 
 export function trainUNet(o: UNetStageOptions): UNetStageResult {
@@ -114,7 +91,7 @@ export function trainUNet(o: UNetStageOptions): UNetStageResult {
     textEncoder.eval().requiresGrad_(false);
     return { unet, textEncoder, records };
   } catch (e) {
-    for (const t of ema.shadow) if (!t.disposed) t.dispose();
+    ema.dispose();
     unet.dispose();
     textEncoder.dispose();
     throw e;
