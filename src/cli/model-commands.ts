@@ -6,7 +6,7 @@ import { disposeStableDiffusion, loadStableDiffusion } from "../models/stable-di
 import { SAMPLER_NAMES } from "../schedulers/index.js";
 import { convertCheckpoint } from "../tools/convert.js";
 import { formatReport, inspectFile } from "../tools/inspect.js";
-import { num, oneOf, parse, required, str } from "./args.js";
+import { num, oneOf, parse, required, str, UsageError } from "./args.js";
 
 const DTYPES: Record<string, DType> = { fp32: "float32", fp16: "float16", bf16: "bfloat16" };
 
@@ -35,7 +35,7 @@ export function generate(argv: string[]): number {
   );
   const modelPath = required(values, "model");
   const prompt = str(values, "prompt");
-  if (prompt === undefined) throw new Error("--prompt is required");
+  if (prompt === undefined) throw new UsageError("--prompt is required");
   const options = {
     prompt,
     negative: str(values, "negative"),
