@@ -1,6 +1,6 @@
 // Engine benchmark: Atelier (libtorch through the addon) against PyTorch doing
 // the same work in the same run; prints Atelier ÷ PyTorch per case (lower is
-// better), since absolute times on the dev machines are noisy (DESIGN.md §4).
+// better), since absolute times on the dev machines are noisy (docs/design.md §4).
 // The PyTorch twin is bench/engine_ref.py, run as a child process that takes
 // turns with this one, repetition by repetition, on the same pinned CPU; the
 // ratio is the median of Atelier ÷ PyTorch over those neighbouring pairs, on

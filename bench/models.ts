@@ -1,5 +1,5 @@
 // Model benchmark: whole-model work in Atelier against PyTorch doing the same
-// in the same run (DESIGN.md §4); prints Atelier ÷ PyTorch per case (lower is
+// in the same run (docs/design.md §4); prints Atelier ÷ PyTorch per case (lower is
 // better). The PyTorch twin is bench/models_ref.py: a plain-torch SD1.x UNet,
 // VAE decoder, CLIP text model and Euler loop with diffusers/transformers key
 // names (diffusers is not installed); its --check proves the UNet equal to the

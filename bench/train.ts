@@ -5,7 +5,7 @@
 // embeddings (frozen text encoder),
 // against PyTorch doing the same step (bench/train_ref.py) in the same run.
 // Prints Atelier ÷ PyTorch per case (lower is better) and both sides' peak
-// memory (DESIGN.md §4). See bench/RESULTS.md, "bench/train".
+// memory (docs/design.md §4). See bench/RESULTS.md, "bench/train".
 //
 // Each side of each case runs in a fresh process, one after the other (never
 // two at once: a full step needs most of the machine's memory), so each peak

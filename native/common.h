@@ -14,7 +14,7 @@ namespace atelier {
 
 // Tensors live in a table on the C++ side; JavaScript holds their integer ids.
 // Passing and returning numbers is the cheapest thing N-API does, and an
-// explicit table makes ownership and the live count exact (DESIGN.md §1).
+// explicit table makes ownership and the live count exact (docs/design.md §1).
 class TensorStore {
  public:
   uint32_t put(at::Tensor t);

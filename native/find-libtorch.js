@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Finds the libtorch the addon builds against, in the order DESIGN.md §1 fixes:
+// Finds the libtorch the addon builds against, in the order docs/design.md §1 fixes:
 //   1. $LIBTORCH (an unpacked libtorch folder: include/, lib/)
 //   2. the `torch` package of `python3` (how GPU users get a CUDA build)
 //   3. the system's (Debian/Ubuntu `libtorch-dev`: /usr/include/torch)

@@ -16,7 +16,10 @@ export const repoRoot = (() => {
 /** Files recorded by scripts/record-*.py, kept in the repository. */
 export const testFixture = (name: string): string => join(repoRoot, "test", "fixtures", name);
 
-/** ../shared/fixtures beside the checkout (reference outputs of diffusers, transformers, LyCORIS, kohya). */
+/**
+ * The shared fixtures, ../shared/fixtures beside the checkout: reference outputs of diffusers,
+ * transformers, LyCORIS and kohya.
+ */
 export const sharedFixture = (path: string): string => join(repoRoot, "..", "shared", "fixtures", path);
 
 /** Every test in the calling file must leave the live native tensor count where it found it. */

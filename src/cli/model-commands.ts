@@ -1,12 +1,12 @@
 // atelier generate | convert | inspect: flags → library calls.
-import { type DType, noGrad } from "../engine/index.js";
-import { saveImages, saveLatent } from "../infer/save-images.js";
-import { txt2img } from "../infer/txt2img.js";
+import type { DType } from "../engine/index.js";
+import { generateRgb } from "../infer/generate-rgb.js";
+import { checkImageOut, saveImages, saveLatent } from "../infer/save-images.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
 import { SAMPLER_NAMES } from "../schedulers/index.js";
 import { convertCheckpoint } from "../tools/convert.js";
 import { formatReport, inspectFile } from "../tools/inspect.js";
-import { num, oneOf, parse, required, str } from "./args.js";
+import { num, oneOf, parse, required, str, UsageError } from "./args.js";
 
 const DTYPES: Record<string, DType> = { fp32: "float32", fp16: "float16", bf16: "bfloat16" };
 
@@ -35,7 +35,7 @@ export function generate(argv: string[]): number {
   );
   const modelPath = required(values, "model");
   const prompt = str(values, "prompt");
-  if (prompt === undefined) throw new Error("--prompt is required");
+  if (prompt === undefined) throw new UsageError("--prompt is required");
   const options = {
     prompt,
     negative: str(values, "negative"),
@@ -51,32 +51,26 @@ export function generate(argv: string[]): number {
     loraDirs: (values["lora-dir"] as unknown as string[] | undefined) ?? [],
   };
   const out = str(values, "out") ?? "atelier.png";
+  checkImageOut(out);
+  const latentPath = str(values, "save-latent");
   const model = loadStableDiffusion(modelPath, {
     device: str(values, "device"),
     tokenizerDir: str(values, "tokenizer"),
   });
   try {
     const started = Date.now();
-    const result = noGrad(() =>
-      txt2img(model, {
-        ...options,
-        onStep: (i, n) => process.stderr.write(`\rstep ${i}/${n}${i === n ? "\n" : ""}`),
-      }),
+    const result = generateRgb(model, {
+      ...options,
+      onStep: (i, n) => process.stderr.write(`\rstep ${i}/${n}${i === n ? "\n" : ""}`),
+      onLatents: latentPath ? (latents) => saveLatent(latents, latentPath) : undefined,
+    });
+    const paths = saveImages(result, out, model.name);
+    const s = result.settings;
+    console.log(
+      `seed ${s.seed}, ${s.sampler}, ${s.steps} steps, cfg ${s.cfg}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
     );
-    try {
-      const paths = saveImages(result, out, model.name);
-      const latentPath = str(values, "save-latent");
-      if (latentPath) saveLatent(result.latents, latentPath);
-      const s = result.settings;
-      console.log(
-        `seed ${s.seed}, ${s.sampler}, ${s.steps} steps, cfg ${s.cfg}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
-      );
-      for (const p of paths) console.log(`wrote ${p}`);
-      if (latentPath) console.log(`wrote ${latentPath}`);
-    } finally {
-      result.latents.dispose();
-      result.images.dispose();
-    }
+    for (const p of paths) console.log(`wrote ${p}`);
+    if (latentPath) console.log(`wrote ${latentPath}`);
   } finally {
     disposeStableDiffusion(model);
   }

@@ -10,7 +10,7 @@ import { join, resolve } from "node:path";
 import { getNumThreads } from "../engine/index.js";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
 import { evalPrompts, type PromptSamples, type Scores, scoreRuns } from "../eval/score.js";
-import { toRgbBytes, txt2img } from "../infer/txt2img.js";
+import { generateRgb } from "../infer/generate-rgb.js";
 import { disposeStableDiffusion, loadStableDiffusion, type StableDiffusion } from "../models/stable-diffusion.js";
 import { imageGrid } from "../report/grid.js";
 import { type EvalTable, type ReportGrid, type ReportRun, writeReport } from "../report/html.js";
@@ -96,17 +96,8 @@ export function demoSpecs(subject: SubjectData, classDir: (c: string) => string,
 /** Samples of a few prompts, one grid (a row of `n`) per prompt. */
 function sampleGrids(model: StableDiffusion, prompts: readonly string[], n: number, seed: number): ReportGrid[] {
   return prompts.map((prompt) => {
-    const r = txt2img(model, { prompt, batch: n, seed, sampler: "ddim", steps: 20, cfg: 5 });
-    try {
-      return {
-        label: prompt,
-        png: imageGrid(toRgbBytes(r.images), n, { scale: 2, gap: 2 }),
-        caption: `seed ${seed}, DDIM 20, CFG 5`,
-      };
-    } finally {
-      r.images.dispose();
-      r.latents.dispose();
-    }
+    const { images } = generateRgb(model, { prompt, batch: n, seed, sampler: "ddim", steps: 20, cfg: 5 });
+    return { label: prompt, png: imageGrid(images, n, { scale: 2, gap: 2 }), caption: `seed ${seed}, DDIM 20, CFG 5` };
   });
 }
 

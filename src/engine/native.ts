@@ -72,7 +72,7 @@ function packageRoot(): string {
 
 function load(): NativeAddon {
   // OpenMP reads these when the library loads; on small machines a spinning
-  // OpenMP pool fights the BLAS threads (DESIGN.md §1).
+  // OpenMP pool fights the BLAS threads (docs/design.md §1).
   process.env.OMP_WAIT_POLICY ??= "passive";
   const root = packageRoot();
   const path = join(root, "build", "Release", "atelier_native.node");

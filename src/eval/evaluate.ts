@@ -1,11 +1,11 @@
 // `atelier eval`'s engine: sample the evaluation prompts from the base model
 // and from the evaluated one (a model, or the base with a LoRA attached) with
 // the very same seeds, read every sample with the shapes analyser, and score
-// both (score.ts) into one report. Only 8-bit pixels leave each batch's
-// scope, so no tensor outlives a batch.
+// both (score.ts) into one report. Samples come as 8-bit pixels
+// (src/infer/generate-rgb.ts), so no tensor outlives a batch.
 import { loadLora } from "../adapters/network.js";
-import { scope } from "../engine/index.js";
-import { latentScale, toRgbBytes, txt2img } from "../infer/txt2img.js";
+import { generateRgb } from "../infer/generate-rgb.js";
+import { latentScale } from "../infer/txt2img.js";
 import type { StableDiffusion } from "../models/stable-diffusion.js";
 import { SAMPLER_NAMES } from "../schedulers/index.js";
 import { type Analysis, analyse, type PixelImage } from "../shapes/analyser.js";
@@ -65,23 +65,6 @@ export function resolveEvalOptions(model: StableDiffusion, o: EvalOptions = {}):
   return s;
 }
 
-/** One txt2img batch of `prompt` (`batch` samples from `seed`), as RGB bytes; no tensor outlives it. */
-export function sampleRgb(
-  model: StableDiffusion,
-  prompt: string,
-  s: { seed: number; batch: number; steps: number; cfg: number; sampler: string; width?: number; height?: number },
-): PixelImage[] {
-  return scope(() => {
-    const r = txt2img(model, { prompt, ...s });
-    try {
-      return toRgbBytes(r.images).map((img) => ({ ...img, channels: 3 }));
-    } finally {
-      r.latents.dispose();
-      r.images.dispose();
-    }
-  });
-}
-
 /**
  * Samples every evaluation prompt of `subjects`, `samples` per prompt, and
  * analyses them. Samples come in batches: the batch starting at sample k uses
@@ -103,10 +86,15 @@ export function evaluateModel(
     const samples: Analysis[] = [];
     const images: PixelImage[] = [];
     for (let start = 0; start < s.samples; start += s.batch) {
-      const rgb = sampleRgb(model, prompt.text, {
-        ...s,
+      const { images: rgb } = generateRgb(model, {
+        prompt: prompt.text,
         seed: s.seed + start,
         batch: Math.min(s.batch, s.samples - start),
+        steps: s.steps,
+        cfg: s.cfg,
+        sampler: s.sampler,
+        width: s.width,
+        height: s.height,
       });
       for (const img of rgb) {
         samples.push(analyse(img));

@@ -1,7 +1,7 @@
 // Atomic file replacement: write a temp file in the target's directory, fsync
 // it, rename it over the target, fsync the directory. A crash or an error at
 // any point leaves either the old file or the new one, never a torn mix
-// (DESIGN.md §3.8). Every writer of checkpoints, manifests and models uses this.
+// (docs/design.md §3.8). Every writer of checkpoints, manifests and models uses this.
 import { randomBytes } from "node:crypto";
 import {
   closeSync,

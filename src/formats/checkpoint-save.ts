@@ -2,7 +2,7 @@
 // ComfyUI load), or a diffusers folder (model_index.json + per-component
 // config.json and weights, scheduler config, optionally a tokenizer copy).
 // Both are atomic: a file through writeFileAtomic, a folder built beside the
-// target and renamed into place (DESIGN.md §3.8).
+// target and renamed into place (docs/design.md §3.8).
 import { randomBytes } from "node:crypto";
 import {
   closeSync,

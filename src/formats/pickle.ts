@@ -4,7 +4,7 @@
 // from an allow-list of the types a state dict is made of (pickle-allow.ts,
 // each implemented in TypeScript). Any other global (os.system, builtins.eval, …) is an
 // error naming it; nothing from the file is ever called or imported, so
-// nothing can run (FORMATS.md: "never execute it"). Tensors come out as
+// nothing can run (docs/formats.md: "never execute it"). Tensors come out as
 // TensorRef descriptors; ckpt.ts turns them into engine tensors.
 import {
   call,

@@ -1,4 +1,4 @@
-// Parsing and checking a safetensors header (the format: ../shared/FORMATS.md,
+// Parsing and checking a safetensors header (the format: docs/formats.md,
 // reference reader: huggingface/safetensors safetensors/src/tensor.rs). Every
 // check runs on the header alone, before any tensor memory is allocated, so a
 // lying header costs nothing but an error.

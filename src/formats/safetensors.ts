@@ -1,6 +1,6 @@
 // safetensors: lazy reading by name straight into tensor memory, and atomic
 // writing in the reference writer's layout (huggingface/safetensors
-// safetensors/src/tensor.rs, `prepare`). Format: ../shared/FORMATS.md.
+// safetensors/src/tensor.rs, `prepare`). Format: docs/formats.md.
 // Tensor bytes never pass through a JS heap buffer: reads land in the memory
 // of an `empty` tensor, writes come from a zero-copy view of a contiguous CPU
 // tensor.

@@ -5,7 +5,7 @@ import type { Tensor } from "../engine/index.js";
 import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
 import { a1111Parameters, encodePng } from "../formats/png.js";
 import { saveSafetensors } from "../formats/safetensors.js";
-import { type Txt2ImgResult, toRgbBytes } from "./txt2img.js";
+import type { GenerateRgbResult } from "./generate-rgb.js";
 
 /** A1111's names for our samplers, for the parameters text. */
 export const A1111_SAMPLER_NAMES: Record<string, string> = {
@@ -25,8 +25,13 @@ export function imagePaths(out: string, count: number): string[] {
   return Array.from({ length: count }, (_, i) => `${stem}-${i}${ext}`);
 }
 
-export function saveImages(result: Txt2ImgResult, out: string, modelName: string): string[] {
+/** Throws unless `out` names a .png file (checked before generating, so a bad name costs no run). */
+export function checkImageOut(out: string): void {
   if (extname(out).toLowerCase() !== ".png") throw new Error(`--out must name a .png file, got '${basename(out)}'`);
+}
+
+export function saveImages(result: GenerateRgbResult, out: string, modelName: string): string[] {
+  checkImageOut(out);
   const s = result.settings;
   const text = a1111Parameters({
     prompt: s.prompt,
@@ -42,8 +47,8 @@ export function saveImages(result: Txt2ImgResult, out: string, modelName: string
     extra: s.batch > 1 ? { "Batch size": s.batch } : {},
   });
   const paths = imagePaths(out, s.batch);
-  toRgbBytes(result.images).forEach((img, i) => {
-    const png = encodePng({ ...img, channels: 3 }, { parameters: text });
+  result.images.forEach((img, i) => {
+    const png = encodePng(img, { parameters: text });
     writeFileAtomic(paths[i], (fd) => writeAll(fd, png));
   });
   return paths;

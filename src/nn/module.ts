@@ -1,7 +1,7 @@
 // Module: a node of the model tree. A parameter's path in the tree *is* its
 // checkpoint key (diffusers naming), built as the model is built, like
-// candle's VarBuilder.pp (DESIGN.md principle 2). Layers are wrapped (LoRA …)
-// by replacing a child in the tree, never by patching forward (principle 4),
+// candle's VarBuilder.pp (docs/design.md §3.2). Layers are wrapped (LoRA …)
+// by replacing a child in the tree, never by patching forward (docs/design.md §3.4),
 // so forward code reaches children through `this.mod()`, which sees a
 // replacement at once.
 import { type DType, empty, keep, noGrad, scope, type Tensor, uniform_ } from "../engine/index.js";

@@ -3,11 +3,10 @@
 
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { noGrad } from "../engine/index.js";
 import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
 import { a1111Parameters, encodePng } from "../formats/png.js";
+import { generateRgb } from "../infer/generate-rgb.js";
 import { A1111_SAMPLER_NAMES } from "../infer/save-images.js";
-import { toRgbBytes, txt2img } from "../infer/txt2img.js";
 import type { StableDiffusion } from "../models/stable-diffusion.js";
 import type { TrainConfig } from "./config.js";
 
@@ -17,9 +16,9 @@ export function saveSampleGrid(model: StableDiffusion, c: TrainConfig, path: str
   const wasTraining = modules.map((m) => m.training);
   for (const m of modules) m.eval(); // no dropout while sampling
   try {
-    const tiles = c.sample.prompts.map((prompt) =>
-      noGrad(() => {
-        const r = txt2img(model, {
+    const tiles = c.sample.prompts.map(
+      (prompt) =>
+        generateRgb(model, {
           prompt,
           negative: c.sample.negative,
           steps: c.sample.steps,
@@ -29,14 +28,7 @@ export function saveSampleGrid(model: StableDiffusion, c: TrainConfig, path: str
           width: c.resolution,
           height: c.resolution,
           clipSkip: c.clip_skip,
-        });
-        try {
-          return toRgbBytes(r.images)[0];
-        } finally {
-          r.images.dispose();
-          r.latents.dispose();
-        }
-      }),
+        }).images[0],
     );
     const { width, height } = tiles[0];
     const grid = new Uint8Array(width * tiles.length * height * 3);

@@ -1,5 +1,5 @@
-// LoRA / LoCon / LoHa / LoKr math against LyCORIS 3.2 (../shared/fixtures/adapters/
-// lycoris_deltas.safetensors): ΔW, the bypass forward at multiplier 1 and 0.5,
+// LoRA / LoCon / LoHa / LoKr math against LyCORIS 3.2 (the shared fixtures'
+// adapters/lycoris_deltas.safetensors): ΔW, the bypass forward at multiplier 1 and 0.5,
 // and merged == bypass.
 import assert from "node:assert/strict";
 import { after, test } from "node:test";

@@ -89,7 +89,7 @@ function latents(m: StableDiffusion, prompt: string, loraDirs?: string[]): numbe
   return out;
 }
 
-/** W += m·(alpha/r)·up@down for every module of a kohya file, written out by hand (FORMATS.md "LoRA, kohya format"). */
+/** W += m·(alpha/r)·up@down for every module of a kohya file, by hand (docs/formats.md "LoRA, kohya format"). */
 function mergeByFormula(m: StableDiffusion, path: string, te: number, unet: number): void {
   const { tensors } = loadSafetensors(path);
   const layers = new Map<string, Tensor>();

@@ -1,4 +1,4 @@
-// Every LoRA-like file in ../shared/realworld (made by other tools): the LoRAs
+// Every LoRA-like file of the shared real-world files (made by other tools): the LoRAs
 // load, convert to kohya names and attach to a full-size SD model of their
 // base; the rest (embeddings, broken files, a Flux LoRA labelled SD1.5) are
 // refused with a message naming the file.

@@ -1,6 +1,6 @@
 // kohya's LoRA / LoCon targets on full-size SD1.5: the module names, the saved
 // keys and their shapes equal kohya-ss/sd-scripts networks/lora.py's
-// (../shared/fixtures/adapters/kohya_lora_sd15_names.json, kohya_locon_sd15_names.json).
+// (the shared fixtures' adapters/kohya_lora_sd15_names.json, kohya_locon_sd15_names.json).
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, test } from "node:test";

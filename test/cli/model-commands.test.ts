@@ -101,6 +101,21 @@ test("generate: bad flags and files are refused with a message naming them", asy
   }
 });
 
+test("generate: a missing --prompt, like every flag mistake, is a usage error: exit 2 and a message naming the flag", async () => {
+  const usage: [string[], RegExp][] = [
+    [["generate", "--model", ckpt, "--tokenizer", tokenizer], /^atelier generate: --prompt is required$/],
+    [["generate", "--prompt", "x"], /^atelier generate: --model is required$/],
+    [["generate", "--model", ckpt, "--prompt", "x", "--steps", "0"], /^atelier generate: --steps must be an integer/],
+    [["generate", "--model", ckpt, "--prompt", "x", "extra"], /^atelier generate: expected only flags, got 1/],
+  ];
+  for (const [argv, message] of usage) {
+    const r = await cli(...argv);
+    assert.equal(r.code, 2, argv.join(" "));
+    assert.match(r.err, message, argv.join(" "));
+    assert.equal(r.out, "", argv.join(" "));
+  }
+});
+
 test("generate --lora-dir (repeatable): <lora:NAME:w> applies the LoRA; a missing name lists where it looked", async () => {
   const loras = join(dir, "loras");
   const empty = join(dir, "no-loras");

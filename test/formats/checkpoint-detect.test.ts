@@ -1,6 +1,6 @@
 // What a checkpoint is (SD1/SD2, epsilon/v, its configs) and how bad input is
 // refused: truncated and corrupt files, files that are not SD checkpoints
-// (../shared/realworld), incomplete state dicts, and failed saves.
+// (the shared real-world files), incomplete state dicts, and failed saves.
 import assert from "node:assert/strict";
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -284,7 +284,7 @@ describe("bad input is refused with the file's name", () => {
   });
 });
 
-describe("files from other tools are not SD checkpoints (../shared/realworld)", () => {
+describe("files from other tools are not SD checkpoints (the shared real-world files)", () => {
   const cases: [string, RegExp][] = [
     ["sd1/lycoris_lokr_d4_smart_falcon_kohya.safetensors", /LoRA \/ LyCORIS/],
     ["sd1/diffusers_unet_dot_lora_r4_flower.safetensors", /LoRA \/ LyCORIS/],

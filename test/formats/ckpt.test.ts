@@ -308,7 +308,7 @@ describe("broken input gets a clear error", () => {
   });
 });
 
-describe("files from other tools (../shared/realworld)", () => {
+describe("files from other tools (the shared real-world files)", () => {
   test("UTF-8-mangled zip is refused without a crash or hang", () => {
     const p = realworld("broken/easynegative_utf8_mangled_zip.pt");
     assert.throws(

@@ -1,5 +1,5 @@
 // transformers' CLIPTextModel on the tiny fixture: last_hidden_state, pooler_output
-// and every hidden state (../shared/fixtures/models/text_encoder_tiny*.safetensors),
+// and every hidden state (the shared fixtures' models/text_encoder_tiny*.safetensors),
 // key names of the presets, clip skip, and the ignored position_ids key.
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -123,7 +123,7 @@ test("parameter keys are transformers' keys; the presets have the reference size
     assert.ok(keys.includes(k), k);
   }
   tiny.dispose();
-  // sd15 parameter count: ../shared/fixtures/models/models_meta.json sd15_param_counts.text_encoder
+  // sd15 parameter count: the shared fixtures' models/models_meta.json, sd15_param_counts.text_encoder
   const count = (c: typeof sd15TextConfig) => {
     const h = c.hiddenSize;
     const i = c.intermediateSize;

@@ -1,5 +1,5 @@
 // The CLIP tokenizer against transformers' CLIPTokenizer / openai's SimpleTokenizer
-// ids (../shared/fixtures/tokenizer/tokenizer_cases.json), its text cleaning, and
+// ids (the shared fixtures' tokenizer/tokenizer_cases.json), its text cleaning, and
 // the order in which a tokenizer folder is found.
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";

@@ -1,4 +1,4 @@
-// UNet2DConditionModel against diffusers 0.19.3 (../shared/fixtures/models):
+// UNet2DConditionModel against diffusers 0.19.3 (the shared fixtures' models/):
 // outputs and gradients of the tiny UNet, and the SD1.5 / SD2.1 key layout.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";

@@ -1,4 +1,4 @@
-// AutoencoderKL against diffusers 0.19.3 (../shared/fixtures/models): the tiny
+// AutoencoderKL against diffusers 0.19.3 (the shared fixtures' models/): the tiny
 // VAE's encoder, posterior and decoder outputs, and the SD VAE key layout.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";

@@ -1,5 +1,5 @@
-// Every sampler against the 20-step diffusers 0.19.3 runs in
-// ../shared/fixtures/schedulers: timesteps and sigmas, each step from the
+// Every sampler against the 20-step diffusers 0.19.3 runs in the shared
+// fixtures (schedulers/): timesteps and sigmas, each step from the
 // recorded latent (recorded noise injected), the whole chain with the toy
 // model, and seeded noise that reproduces the reference's draws.
 import assert from "node:assert/strict";

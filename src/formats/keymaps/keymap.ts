@@ -1,5 +1,5 @@
 // A bidirectional key map between the diffusers layout and the original LDM
-// single-file layout of one model component (DESIGN.md §3.3: formats are
+// single-file layout of one model component (docs/design.md §3.3: formats are
 // data). Each entry pairs diffusers keys with one LDM key and names the
 // transform between their tensors; `unmap(map(k)) === k` for every 1:1 entry.
 import { cat, reshape, type Tensor } from "../../engine/index.js";

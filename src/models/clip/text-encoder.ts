@@ -55,7 +55,10 @@ export const sd21TextConfig: ClipTextConfig = {
   layerNormEps: 1e-5,
 };
 
-/** The test fixture's config (../shared/fixtures/models/text_encoder_tiny.safetensors). */
+/**
+ * The config of the shared fixtures' tiny text encoder (models/text_encoder_tiny.safetensors,
+ * which test/models/text-encoder.test.ts loads).
+ */
 export const tinyTextConfig: ClipTextConfig = {
   vocabSize: 1000,
   hiddenSize: 32,

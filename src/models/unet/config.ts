@@ -70,7 +70,7 @@ export const sd21: UNetConfig = {
 /** Stable Diffusion 2.x base, 512 px (stabilityai/stable-diffusion-2-1-base). */
 export const sd21Base: UNetConfig = { ...sd21, sampleSize: 64, upcastAttention: false };
 
-/** The test fixture's tiny UNet (../shared/fixtures/models/unet_tiny.safetensors). */
+/** The tiny UNet of the shared fixtures (models/unet_tiny.safetensors, which test/models/unet.test.ts loads). */
 export const tiny: UNetConfig = {
   sampleSize: 8,
   inChannels: 4,

@@ -30,7 +30,10 @@ export const sd: VaeConfig = {
   scalingFactor: 0.18215,
 };
 
-/** The test fixture's tiny VAE (../shared/fixtures/models/vae_tiny.safetensors); its files apply no scaling. */
+/**
+ * The tiny VAE of the shared fixtures (models/vae_tiny.safetensors, which test/models/vae.test.ts
+ * loads); its files apply no scaling.
+ */
 export const tiny: VaeConfig = {
   inChannels: 3,
   outChannels: 3,

@@ -3,7 +3,7 @@
 // the share whose colour, shape and background are the ones asked for.
 
 import { noGrad, scope } from "../../engine/index.js";
-import { sampleRgb } from "../../eval/evaluate.js";
+import { generateRgb } from "../../infer/generate-rgb.js";
 import { toRgbBytes } from "../../infer/txt2img.js";
 import { disposeStableDiffusion, loadStableDiffusion, type StableDiffusion } from "../../models/stable-diffusion.js";
 import type { AutoencoderKL } from "../../models/vae/index.js";
@@ -55,7 +55,8 @@ export function sampleAnalyses(
   prompt: string,
   o: { samples: number; seed: number; sampler: string; steps: number; cfg: number },
 ): Analysis[] {
-  return sampleRgb(model, prompt, { ...o, batch: o.samples }).map((img) => analyse(img));
+  const { samples, ...sampling } = o;
+  return generateRgb(model, { prompt, ...sampling, batch: samples }).images.map((img) => analyse(img));
 }
 
 export interface VaeReconstruction {

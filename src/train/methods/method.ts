@@ -1,4 +1,4 @@
-// What a training method is (DESIGN principle 5, after OneTrainer's
+// What a training method is (docs/design.md §3.5, after OneTrainer's
 // modules/modelSetup/*Setup.py): a plug-in over the one trainer. A method
 // owns its section of the config (fields, defaults, cross-field rules), says
 // which parameters train in which optimizer groups, may replace the step's
