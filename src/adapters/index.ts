@@ -3,7 +3,6 @@
 export * from "./adapter.js";
 export * from "./functional/lora.js";
 export * from "./functional/lycoris.js";
-export * from "./keys.js";
 export * from "./loha.js";
 export * from "./lokr.js";
 export * from "./lora.js";

@@ -187,7 +187,7 @@ export function injectNetwork<Options>(
 ): LoraNetwork {
   const targets = loraTargets(model, { unet: o.unet, textEncoder: o.textEncoder, conv: o.conv ?? false });
   if (targets.length === 0)
-    throw new Error(`inject ${method.label}: no layer to adapt (neither UNet nor text encoder selected)`);
+    throw new Error(`injectNetwork (${method.label}): no layer to adapt (neither UNet nor text encoder selected)`);
   for (const t of targets)
     if (!method.supports(t.kind)) throw new Error(`${t.name}: ${method.label} does not adapt ${t.kind} layers`);
   const frozen: [Tensor, boolean][] = [];
