@@ -1,9 +1,17 @@
-// The one interface every adapter method implements (DESIGN.md principle 4,
-// after LyCORIS lycoris/modules/): LoRA, LoCon, LoHa, LoKr, hypernetworks,
-// embeddings. A method wraps a layer by replacing it in the module tree with
-// a module that runs the original layer plus its delta ("bypass"), can fold
-// the delta into the weight ("merge"), and reads and writes its own tensors
-// under kohya's module names.
+// One adapter, one file, one interface (after KohakuBlueleaf/LyCORIS
+// lycoris/modules/: a module class declares `name`, `support_module`,
+// `weight_list` and `weight_list_det` as data; lycoris/modules/__init__.py
+// lists them). Three kinds of adapter change a Stable Diffusion model:
+// - "weight-delta": wraps a Linear/Conv2d and adds ΔW (LoRA, LoCon, LoHa,
+//   LoKr; later DoRA, IA3, full). The only kind implemented here.
+// - "embedding": new token vectors in the text encoder's embedding table
+//   (textual inversion, A1111 modules/textual_inversion/textual_inversion.py).
+// - "context-hook": transforms the cross-attention context before to_k /
+//   to_v (A1111 modules/hypernetworks/hypernetwork.py, apply_hypernetworks).
+// A weight-delta method wraps a layer by replacing it in the module tree
+// with a module that runs the original layer plus its delta ("bypass"), can
+// fold the delta into the weight ("merge"), and reads and writes its own
+// tensors under kohya's module names.
 import type { Tensor } from "../engine/index.js";
 import type { Forward, Module } from "../nn/index.js";
 
@@ -49,13 +57,45 @@ export interface AdapterModule extends Layer {
   disposeAdapter(): void;
 }
 
-/** A method: which layers it wraps, how it recognises its files, how it builds modules. */
-export interface AdapterMethod<Options> {
+/** Which part of the model an adapter changes (see the header). */
+export type AdapterKind = "weight-delta" | "embedding" | "context-hook";
+
+/**
+ * The keys of one module of a weight-delta method in a kohya-layout file,
+ * without the module name (`<module>.<key>`), as data: ./registry.ts
+ * derives the key list, detection and the messages for incomplete modules
+ * from it, and tools/inspect.ts its classifier.
+ */
+export interface AdapterKeys {
+  /** Every key a module may hold (LyCORIS weight_list, less what `refused` names). */
+  readonly all: readonly string[];
+  /** A module is this method's when it holds every key of one of these sets (LyCORIS weight_list_det). */
+  readonly detect: readonly (readonly string[])[];
+  /** What a complete module holds: per entry, every key of one of its alternatives. */
+  readonly required: readonly (readonly (readonly string[])[])[];
+  /** Keys whose first dimension is the rank alpha divides; the first present counts. None present: scale 1. */
+  readonly rank: readonly string[];
+  /** Keys of variants that files of this method may have and Atelier refuses, with what they are. */
+  readonly refused: Readonly<Record<string, string>>;
+}
+
+/** What every adapter method declares, whatever its kind. */
+export interface AdapterInfo {
+  /** Short id: "lora", "loha", "lokr". */
   readonly name: string;
+  /** For messages: "LoRA/LoCon", "LoHa". */
+  readonly label: string;
+  readonly kind: AdapterKind;
+}
+
+/** A weight-delta method: which layers it wraps, its keys, how it builds modules. */
+export interface AdapterMethod<Options = unknown> extends AdapterInfo {
+  readonly kind: "weight-delta";
+  /** ss_network_module of a network of only this method: "networks.lora" (kohya) or "lycoris.kohya". */
+  readonly networkModule: string;
+  readonly keys: AdapterKeys;
   /** Which layer kinds it can wrap. */
   supports(kind: LayerKind): boolean;
-  /** True when a file's keys for one module (without the module name) are this method's. */
-  detect(keys: readonly string[]): boolean;
   /** A fresh, trainable adapter around `original` (init as the reference: zero up/second factor). */
   create(target: AdapterTarget, original: Layer, options: Options): AdapterModule;
   /**
@@ -64,4 +104,31 @@ export interface AdapterMethod<Options> {
    * do not fit the layer are refused with the module's name.
    */
   fromTensors(target: AdapterTarget, original: Layer, tensors: Map<string, Tensor>): AdapterModule;
+}
+
+/**
+ * An embedding method (room for textual inversion; none is implemented):
+ * it adds token vectors rather than wrapping layers. What it will need from
+ * the text encoder (its token embedding table, the tokenizer) is decided
+ * when the first one is written; until then it has no members to fake.
+ */
+export interface EmbeddingMethod extends AdapterInfo {
+  readonly kind: "embedding";
+}
+
+/**
+ * A context-hook method (room for A1111 hypernetworks; none is
+ * implemented): it maps the cross-attention context to the context that
+ * to_k and to_v see. Its hook point in the attention block is decided when
+ * the first one is written.
+ */
+export interface ContextHookMethod extends AdapterInfo {
+  readonly kind: "context-hook";
+}
+
+/** Any adapter method; only weight-delta methods have keys per module, create() and fromTensors(). */
+export type Adapter = AdapterMethod<never> | EmbeddingMethod | ContextHookMethod;
+
+export function isWeightDelta(a: Adapter): a is AdapterMethod<never> {
+  return a.kind === "weight-delta";
 }

@@ -1,12 +1,15 @@
-// Adapters: the interface, LoRA/LoCon (training and files), LoHa/LoKr (files), networks over a model.
+// Adapters: the interface, one file per method (LoRA/LoCon trains and loads; LoHa, LoKr load), the
+// registry they are listed in, networks over a model.
 export * from "./adapter.js";
 export * from "./functional/lora.js";
 export * from "./functional/lycoris.js";
+export * from "./loha.js";
+export * from "./lokr.js";
 export * from "./lora.js";
 export * from "./lora-file.js";
-export { LycorisModule, loha, lokr } from "./lycoris.js";
-export * from "./methods.js";
+export { LycorisModule } from "./lycoris-module.js";
 export * from "./network.js";
 export * from "./prompt-loras.js";
+export * from "./registry.js";
 export * from "./targets.js";
 export { AdapterLayer, baseLayer } from "./wrapped-layer.js";

@@ -4,7 +4,8 @@
 // included), diffusers and PEFT files (./convert.ts), cloneofsimo's
 // safetensors and list-of-tensors .pt files. A file is judged by its keys
 // and shapes, never its metadata; what cannot be applied to SD 1.x/2.x is
-// refused with a message that names the file (DESIGN.md principle 8).
+// refused with a message that names the file. Which keys a kohya module may
+// hold, and which method they are, comes from ./registry.ts.
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { type DType, disposeAll, scope, Tensor } from "../engine/index.js";
@@ -22,7 +23,7 @@ import {
   type ModuleTensors,
   type PeftConfig,
 } from "./convert.js";
-import { ADAPTER_KEYS, methodFor } from "./methods.js";
+import { ADAPTER_REGISTRY, type AdapterRegistry } from "./registry.js";
 
 export { LoraFormatError };
 
@@ -44,6 +45,8 @@ export interface LoadLoraFileOptions {
   /** Cast floating-point tensors to this dtype. */
   dtype?: DType;
   device?: string;
+  /** The methods a kohya module's keys may belong to (default: Atelier's). */
+  registry?: AdapterRegistry;
 }
 
 export function disposeLoraFile(f: LoraFile): void {
@@ -75,12 +78,13 @@ export function loadLoraFile(path: string, o: LoadLoraFileOptions = {}): LoraFil
   const all = raw.dict ? [...raw.dict.values()] : raw.list;
   let modules: ModuleTensors | undefined;
   try {
-    const converted = scope(() => convert(file, raw, config));
+    const registry = o.registry ?? ADAPTER_REGISTRY;
+    const converted = scope(() => convert(file, raw, config, registry));
     modules = converted.modules;
     const used = new Set<Tensor>();
     for (const m of modules.values()) for (const t of m.values()) used.add(t);
     for (const t of all) if (!used.has(t)) t.dispose();
-    checkModules(file, modules);
+    checkModules(file, modules, registry);
     return { path: file, format: converted.format, metadata, modules, ignored: converted.ignored };
   } catch (e) {
     disposeAll(all);
@@ -158,6 +162,7 @@ function convert(
   path: string,
   raw: Raw,
   config: PeftConfig | undefined,
+  registry: AdapterRegistry,
 ): { modules: ModuleTensors; format: LoraFileFormat; ignored: string[] } {
   if (raw.list) {
     // cloneofsimo save_lora_weight: [up, down, up, down, …], no names
@@ -180,7 +185,7 @@ function convert(
   if (keys.length === 1 && TI_KEYS.has(keys[0])) throw notLora(path, "a textual-inversion embedding", keys);
   if (keys.every((k) => /^<.*>$/.test(k)) && keys.every((k) => dict.get(k)!.ndim <= 2))
     throw notLora(path, "a textual-inversion embedding ({token: vector})", keys);
-  if (keys.some((k) => KOHYA.test(k))) return { ...convertKohya(path, dict), format: "kohya" };
+  if (keys.some((k) => KOHYA.test(k))) return { ...convertKohya(path, dict, registry), format: "kohya" };
   if (isCloneofsimo(keys)) return { ...convertCloneofsimoDict(dict, path), format: "cloneofsimo" };
   if (keys.some((k) => /\.(lora_magnitude_vector|dora_scale)/.test(k)))
     throw new LoraFormatError(`${path}: DoRA weights (lora_magnitude_vector / dora_scale) are not supported`);
@@ -194,7 +199,11 @@ function convert(
 }
 
 /** kohya keys `<module>.<key>`; OneTrainer's lora_te1_ (one text encoder) read as lora_te_; A1111's bundle_emb.* ignored. */
-function convertKohya(path: string, dict: Map<string, Tensor>): { modules: ModuleTensors; ignored: string[] } {
+function convertKohya(
+  path: string,
+  dict: Map<string, Tensor>,
+  registry: AdapterRegistry,
+): { modules: ModuleTensors; ignored: string[] } {
   const keys = [...dict.keys()];
   if (keys.some((k) => k.startsWith("lora_te2_")))
     throw new LoraFormatError(`${path}: an SDXL LoRA (lora_te1_/lora_te2_ modules); Atelier runs SD 1.x/2.x`);
@@ -222,9 +231,10 @@ function convertKohya(path: string, dict: Map<string, Tensor>): { modules: Modul
       unknown.push(key);
       continue;
     }
-    if (suffix === "dora_scale")
-      throw new LoraFormatError(`${path}: DoRA weights ('${key}') are not supported; only LoRA/LoCon, LoHa and LoKr`);
-    if (!ADAPTER_KEYS.has(suffix)) {
+    const refused = registry.refused.get(suffix);
+    if (refused)
+      throw new LoraFormatError(`${path}: ${refused} ('${key}') are not supported; only ${andList(registry.labels)}`);
+    if (!registry.keys.has(suffix)) {
       unknown.push(key);
       continue;
     }
@@ -233,16 +243,21 @@ function convertKohya(path: string, dict: Map<string, Tensor>): { modules: Modul
   }
   if (unknown.length > 0)
     throw new LoraFormatError(
-      `${path}: ${unknown.length} keys of no supported adapter (LoRA/LoCon, LoHa, LoKr): ${unknown.slice(0, 4).join(", ")}${unknown.length > 4 ? ", …" : ""}`,
+      `${path}: ${unknown.length} keys of no supported adapter (${registry.labels.join(", ")}): ${unknown.slice(0, 4).join(", ")}${unknown.length > 4 ? ", …" : ""}`,
     );
   return { modules, ignored };
 }
 
 /** Every module must be one method's complete set of factors. */
-function checkModules(path: string, modules: ModuleTensors): void {
+function checkModules(path: string, modules: ModuleTensors, registry: AdapterRegistry): void {
   if (modules.size === 0) throw new LoraFormatError(`${path}: no LoRA modules`);
   for (const [name, m] of modules) {
-    const method = methodFor([...m.keys()]);
+    const method = registry.methodFor([...m.keys()]);
     if (typeof method === "string") throw new LoraFormatError(`${path}: module ${name}: ${method}`);
   }
+}
+
+/** "a, b and c". */
+function andList(items: readonly string[]): string {
+  return items.length < 2 ? items.join("") : `${items.slice(0, -1).join(", ")} and ${items[items.length - 1]}`;
 }

@@ -119,13 +119,21 @@ export class LoraModule extends AdapterLayer {
   }
 }
 
-const KEYS = new Set(["lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"]);
-
 /** The LoRA / LoCon method. */
 export const lora: AdapterMethod<LoraOptions> = {
   name: "lora",
+  label: "LoRA/LoCon",
+  kind: "weight-delta",
+  networkModule: "networks.lora",
+  // kohya networks/lora.py LoRAModule's state dict; LyCORIS locon.py weight_list
+  keys: {
+    all: ["lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"],
+    detect: [["lora_down.weight", "lora_up.weight"]],
+    required: [[["lora_down.weight"]], [["lora_up.weight"]]],
+    rank: ["lora_down.weight"],
+    refused: { dora_scale: "DoRA weights" },
+  },
   supports: () => true,
-  detect: (keys) => keys.includes("lora_down.weight") && keys.includes("lora_up.weight"),
 
   create(target, original, o) {
     const base = baseLayer(original);
@@ -152,7 +160,8 @@ export const lora: AdapterMethod<LoraOptions> = {
     try {
       const base = baseLayer(original);
       if (!base) throw new Error(`${target.name}: ${target.path} is not a Linear or Conv2d`);
-      for (const k of tensors.keys()) if (!KEYS.has(k)) throw new Error(`${target.name}: unexpected LoRA key '${k}'`);
+      for (const k of tensors.keys())
+        if (!lora.keys.all.includes(k)) throw new Error(`${target.name}: unexpected LoRA key '${k}'`);
       const get = (k: string) => {
         const t = tensors.get(k);
         if (!t) throw new Error(`${target.name}: '${k}' is missing`);

@@ -1,17 +1,19 @@
-// A LoRA network over a Stable Diffusion model (kohya-ss/sd-scripts
-// networks/lora.py LoRANetwork): adapters replace the targeted layers in the
-// module trees (never a patched forward), the base weights stay frozen and
-// untouched, and the network saves as a kohya safetensors file with ss_* and
-// modelspec.* metadata (train_network.py; library/sai_model_spec.py) that
-// A1111, ComfyUI and diffusers load.
+// A network of adapters over a Stable Diffusion model (kohya-ss/sd-scripts
+// networks/lora.py LoRANetwork; KohakuBlueleaf/LyCORIS lycoris/wrapper.py
+// LycorisNetwork): modules of one weight-delta method (injectNetwork; LoRA/
+// LoCon with injectLora) or of a file's methods (attachLora) replace the
+// targeted layers in the module trees (never a patched forward), the base
+// weights stay frozen and untouched, and the network saves as a kohya
+// safetensors file with ss_* and modelspec.* metadata (train_network.py;
+// library/sai_model_spec.py) that A1111, ComfyUI and diffusers load.
 import { basename, extname } from "node:path";
 import { type DType, type Generator, scope, type Tensor } from "../engine/index.js";
 import { saveSafetensors } from "../formats/safetensors.js";
 import { ClipTextModel } from "../models/clip/text-encoder.js";
 import { UNet2DConditionModel } from "../models/unet/index.js";
 import type { Module } from "../nn/index.js";
-import type { AdapterModule, Layer } from "./adapter.js";
-import { type LoraDropout, LoraModule, lora } from "./lora.js";
+import type { AdapterMethod, AdapterModule, AdapterTarget, Layer } from "./adapter.js";
+import { type LoraDropout, LoraModule, type LoraOptions, lora } from "./lora.js";
 import {
   disposeLoraFile,
   type LoadLoraFileOptions,
@@ -19,7 +21,7 @@ import {
   LoraFormatError,
   loadLoraFile,
 } from "./lora-file.js";
-import { methodFor } from "./methods.js";
+import { ADAPTER_REGISTRY, type AdapterRegistry } from "./registry.js";
 import { type Component, type LoraModelParts, layerIndex, loraTargets } from "./targets.js";
 import { AdapterLayer } from "./wrapped-layer.js";
 
@@ -36,6 +38,7 @@ export interface NetworkSpec {
   dropout: string;
 }
 
+/** The adapters of a model, of any weight-delta method (the name is kohya's). */
 export class LoraNetwork {
   #removed = false;
 
@@ -43,7 +46,7 @@ export class LoraNetwork {
     readonly model: LoraModelParts,
     readonly modules: readonly AdapterModule[],
     readonly spec: NetworkSpec,
-    /** Base parameters frozen by injectLora and their former requiresGrad, restored by remove(). */
+    /** Base parameters frozen by injectNetwork and their former requiresGrad, restored by remove(). */
     private readonly frozen: [Tensor, boolean][] = [],
   ) {}
 
@@ -93,7 +96,7 @@ export class LoraNetwork {
     }
   }
 
-  /** Puts the original layers back, frees the adapter tensors and unfreezes what injectLora froze. Idempotent. */
+  /** Puts the original layers back, frees the adapter tensors and unfreezes what injectNetwork froze. Idempotent. */
   remove(): void {
     if (this.#removed) return;
     for (const m of [...this.modules].reverse()) {
@@ -155,7 +158,67 @@ export interface InjectLoraOptions extends LoraDropout {
   freezeBase?: boolean;
 }
 
-/** New trainable LoRA (LoCon with convRank) modules on kohya's default targets. */
+export interface InjectNetworkOptions<Options> {
+  /** The method's options for each target (convs may get their own rank). */
+  moduleOptions: (target: AdapterTarget) => Options;
+  /** Adapt the UNet (default true). */
+  unet?: boolean;
+  /** Adapt the text encoder (default true). */
+  textEncoder?: boolean;
+  /** Also adapt the 3×3 convs of resnets and samplers (LoCon's conv_dim). */
+  conv?: boolean;
+  /** Start multiplier (default 1). */
+  multiplier?: number;
+  /** Set requiresGrad false on every base parameter (default true); remove() restores it. */
+  freezeBase?: boolean;
+  /** The network's ss_network_* (default: the method's network module, dim and alpha "None"). */
+  spec?: NetworkSpec;
+}
+
+/**
+ * New trainable modules of one method on kohya's default targets. A target
+ * the method does not support is refused by name; on any failure the model
+ * is left as it was.
+ */
+export function injectNetwork<Options>(
+  model: LoraModelParts,
+  method: AdapterMethod<Options>,
+  o: InjectNetworkOptions<Options>,
+): LoraNetwork {
+  const targets = loraTargets(model, { unet: o.unet, textEncoder: o.textEncoder, conv: o.conv ?? false });
+  if (targets.length === 0)
+    throw new Error(`injectNetwork (${method.label}): no layer to adapt (neither UNet nor text encoder selected)`);
+  for (const t of targets)
+    if (!method.supports(t.kind)) throw new Error(`${t.name}: ${method.label} does not adapt ${t.kind} layers`);
+  const frozen: [Tensor, boolean][] = [];
+  if (o.freezeBase ?? true)
+    for (const part of [model.unet, model.textEncoder])
+      for (const t of part?.parameters() ?? []) {
+        frozen.push([t, t.requiresGrad]);
+        t.requiresGrad_(false);
+      }
+  const modules: AdapterModule[] = [];
+  try {
+    for (const t of targets) {
+      const root = model[t.component]!;
+      const m = method.create(t, root.getModule(t.path) as Layer, o.moduleOptions(t));
+      m.multiplier = o.multiplier ?? 1;
+      root.replaceModule(t.path, m);
+      modules.push(m);
+    }
+  } catch (e) {
+    for (const m of modules.reverse()) {
+      takeOut(model, m);
+      m.disposeAdapter();
+    }
+    for (const [t, was] of frozen) t.requiresGrad_(was);
+    throw e;
+  }
+  const spec = o.spec ?? { module: method.networkModule, dim: "None", alpha: "None", args: {}, dropout: "None" };
+  return new LoraNetwork(model, modules, spec, frozen);
+}
+
+/** New trainable LoRA (LoCon with convRank) modules on kohya's default targets (injectNetwork with kohya's options). */
 export function injectLora(model: LoraModelParts, o: InjectLoraOptions): LoraNetwork {
   const positive = (v: number | undefined, what: string) => {
     if (v !== undefined && (!Number.isInteger(v) || v < 1))
@@ -170,41 +233,6 @@ export function injectLora(model: LoraModelParts, o: InjectLoraOptions): LoraNet
   }))
     if (v !== undefined && !(v >= 0 && v < 1)) throw new Error(`LoRA ${k} must be in [0, 1), got ${v}`);
   const conv = o.convRank !== undefined;
-  const targets = loraTargets(model, { unet: o.unet, textEncoder: o.textEncoder, conv });
-  if (targets.length === 0) throw new Error("injectLora: no layer to adapt (neither UNet nor text encoder selected)");
-  const frozen: [Tensor, boolean][] = [];
-  if (o.freezeBase ?? true)
-    for (const part of [model.unet, model.textEncoder])
-      for (const t of part?.parameters() ?? []) {
-        frozen.push([t, t.requiresGrad]);
-        t.requiresGrad_(false);
-      }
-  const modules: AdapterModule[] = [];
-  try {
-    for (const t of targets) {
-      const isConv = t.kind === "conv3x3" || t.kind === "conv";
-      const root = model[t.component]!;
-      const m = lora.create(t, root.getModule(t.path) as Layer, {
-        rank: isConv ? o.convRank! : o.rank,
-        alpha: isConv ? (o.convAlpha ?? 1) : (o.alpha ?? 1),
-        dropout: o.dropout,
-        rankDropout: o.rankDropout,
-        moduleDropout: o.moduleDropout,
-        generator: o.generator,
-        dtype: o.dtype,
-      });
-      m.multiplier = o.multiplier ?? 1;
-      root.replaceModule(t.path, m);
-      modules.push(m);
-    }
-  } catch (e) {
-    for (const m of modules.reverse()) {
-      takeOut(model, m);
-      m.disposeAdapter();
-    }
-    for (const [t, was] of frozen) t.requiresGrad_(was);
-    throw e;
-  }
   const args: Record<string, string> = {};
   if (conv) {
     args.conv_dim = String(o.convRank);
@@ -212,14 +240,33 @@ export function injectLora(model: LoraModelParts, o: InjectLoraOptions): LoraNet
   }
   if (o.rankDropout) args.rank_dropout = String(o.rankDropout);
   if (o.moduleDropout) args.module_dropout = String(o.moduleDropout);
-  const spec = {
-    module: "networks.lora",
-    dim: String(o.rank),
-    alpha: String(o.alpha ?? 1),
-    args,
-    dropout: o.dropout ? String(o.dropout) : "None",
+  const moduleOptions = (t: AdapterTarget): LoraOptions => {
+    const isConv = t.kind === "conv3x3" || t.kind === "conv";
+    return {
+      rank: isConv ? o.convRank! : o.rank,
+      alpha: isConv ? (o.convAlpha ?? 1) : (o.alpha ?? 1),
+      dropout: o.dropout,
+      rankDropout: o.rankDropout,
+      moduleDropout: o.moduleDropout,
+      generator: o.generator,
+      dtype: o.dtype,
+    };
   };
-  return new LoraNetwork(model, modules, spec, frozen);
+  return injectNetwork(model, lora, {
+    moduleOptions,
+    unet: o.unet,
+    textEncoder: o.textEncoder,
+    conv,
+    multiplier: o.multiplier,
+    freezeBase: o.freezeBase,
+    spec: {
+      module: lora.networkModule,
+      dim: String(o.rank),
+      alpha: String(o.alpha ?? 1),
+      args,
+      dropout: o.dropout ? String(o.dropout) : "None",
+    },
+  });
 }
 
 export interface AttachLoraOptions {
@@ -229,6 +276,8 @@ export interface AttachLoraOptions {
   unetMultiplier?: number;
   /** Let the loaded tensors train (resuming a LoRA); default false. */
   trainable?: boolean;
+  /** The methods a module's keys may belong to (default: Atelier's). */
+  registry?: AdapterRegistry;
 }
 
 /**
@@ -241,7 +290,9 @@ export function attachLora(model: LoraModelParts, file: LoraFile, o: AttachLoraO
   const te = o.multiplier ?? 1;
   const unet = o.unetMultiplier ?? te;
   const index = layerIndex(model);
+  const registry = o.registry ?? ADAPTER_REGISTRY;
   const modules: AdapterModule[] = [];
+  const methods = new Set<AdapterMethod<never>>();
   try {
     const missing = [...file.modules.keys()].filter((n) => !index.has(n));
     if (missing.length > 0) {
@@ -253,8 +304,11 @@ export function attachLora(model: LoraModelParts, file: LoraFile, o: AttachLoraO
     }
     for (const [name, tensors] of file.modules) {
       const t = index.get(name)!;
-      const method = methodFor([...tensors.keys()]);
+      const method = registry.methodFor([...tensors.keys()]);
       if (typeof method === "string") throw new LoraFormatError(`module ${name}: ${method}`);
+      if (!method.supports(t.kind))
+        throw new LoraFormatError(`module ${name}: ${method.label} does not adapt ${t.kind} layers`);
+      methods.add(method);
       const root = model[t.component]!;
       file.modules.delete(name);
       const m = method.fromTensors(t, root.getModule(t.path) as Layer, tensors);
@@ -272,7 +326,7 @@ export function attachLora(model: LoraModelParts, file: LoraFile, o: AttachLoraO
     throw new LoraFormatError(message.startsWith(file.path) ? message : `${file.path}: ${message}`);
   }
   if (o.trainable) for (const m of modules) for (const t of m.trainableParameters()) t.requiresGrad_(true);
-  return new LoraNetwork(model, modules, specOf(file, modules));
+  return new LoraNetwork(model, modules, specOf(file, modules, methods));
 }
 
 /** Reads a LoRA file and attaches it (loadLoraFile + attachLora). */
@@ -284,8 +338,11 @@ export function loadLora(
   return attachLora(model, loadLoraFile(path, o), o);
 }
 
-function specOf(file: LoraFile, modules: readonly AdapterModule[]): NetworkSpec {
-  const lycoris = modules.some((m) => !(m instanceof LoraModule));
+/** ss_network_* from the file's metadata, else from its modules (kohya writes dim and alpha of LoRA modules only). */
+function specOf(file: LoraFile, modules: readonly AdapterModule[], methods: Set<AdapterMethod<never>>): NetworkSpec {
+  // one method's network module; LyCORIS's kohya module loads a mix of methods
+  const networkModules = new Set([...methods].map((m) => m.networkModule));
+  const networkModule = networkModules.size > 1 ? "lycoris.kohya" : ([...networkModules][0] ?? lora.networkModule);
   const values = (f: (m: LoraModule) => number) => {
     const set = new Set(modules.filter((m) => m instanceof LoraModule).map((m) => f(m as LoraModule)));
     return set.size === 1 ? String([...set][0]) : "Dynamic";
@@ -297,7 +354,7 @@ function specOf(file: LoraFile, modules: readonly AdapterModule[]): NetworkSpec 
     // not JSON: leave it out
   }
   return {
-    module: file.metadata.ss_network_module ?? (lycoris ? "lycoris.kohya" : "networks.lora"),
+    module: file.metadata.ss_network_module ?? networkModule,
     dim: file.metadata.ss_network_dim ?? values((m) => m.rank),
     alpha: file.metadata.ss_network_alpha ?? values((m) => m.alpha),
     args,

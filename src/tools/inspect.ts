@@ -2,6 +2,8 @@
 // counts, metadata, and problems found. Anything unreadable (malicious,
 // malformed, truncated) throws with the reason; see `atelier inspect`.
 import { statSync } from "node:fs";
+import { rankKey } from "../adapters/keys.js";
+import { ADAPTER_REGISTRY, type AdapterRegistry } from "../adapters/registry.js";
 import { BYTES, type DType, isFloating, isfinite, noGrad, scope, type Tensor } from "../engine/index.js";
 import { loadCheckpoint } from "../formats/checkpoint.js";
 import { sniff } from "../formats/checkpoint-source.js";
@@ -41,19 +43,32 @@ function open(path: string): { format: "safetensors" | "ckpt"; src: TensorSource
   return { format, src: format === "safetensors" ? openSafetensors(path) : openCkpt(path) };
 }
 
-function classify(keys: string[]): FileKind {
+/**
+ * A file's kind from its keys. Adapters in kohya's layout are the modules
+ * the registry's methods detect: "lycoris" when one is of a method other
+ * than kohya's networks.lora (LoHa, LoKr), else "lora"; diffusers/PEFT
+ * LoRAs by their key names.
+ */
+export function fileKind(keys: string[], registry: AdapterRegistry = ADAPTER_REGISTRY): FileKind {
   const has = (re: RegExp) => keys.some((k) => re.test(k));
   if (has(/^(model\.diffusion_model|first_stage_model|cond_stage_model)\./)) return "sd-checkpoint";
-  if (has(/\.(hada_w1_a|lokr_w1|lokr_w1_a)$/)) return "lycoris";
-  if (
-    has(/^lora_(unet|te\d?)_.*\.lora_(down|up)\.weight$/) ||
-    has(/\.lora_[AB]\.weight$/) ||
-    has(/\.lora\.(down|up)\.weight$/)
-  )
-    return "lora";
+  const methods = registry.methodsIn(keys);
+  if (methods.some((m) => m.networkModule !== "networks.lora")) return "lycoris";
+  if (methods.length > 0 || has(/\.lora_[AB]\.weight$/) || has(/\.lora\.(down|up)\.weight$/)) return "lora";
   if (keys.includes("string_to_param.*") || keys.includes("emb_params") || keys.length === 1) return "embedding";
   if (has(/^\d+\.\d+\.linear\.\d+\.weight$/)) return "hypernetwork";
   return "tensors";
+}
+
+/** The rank of the first module whose method has a rank key (LoRA's lora_down.weight, LoHa's hada_w1_b, …). */
+function firstRank(keys: string[], info: TensorSource["info"]): number | undefined {
+  const registry = ADAPTER_REGISTRY;
+  for (const [name, k] of registry.modules(keys)) {
+    const method = registry.methodFor(k);
+    const key = typeof method === "string" ? null : rankKey(method.keys, (x) => k.includes(x));
+    if (key) return info(`${name}.${key}`).shape[0];
+  }
+  return undefined;
 }
 
 function describe(kind: FileKind, keys: string[], info: TensorSource["info"]): string {
@@ -62,8 +77,7 @@ function describe(kind: FileKind, keys: string[], info: TensorSource["info"]): s
     case "lycoris": {
       const modules = new Set(keys.map((k) => k.split(".")[0]));
       const te = [...modules].filter((m) => m.startsWith("lora_te")).length;
-      const down = keys.find((k) => k.endsWith("lora_down.weight"));
-      const rank = down ? info(down).shape[0] : undefined;
+      const rank = firstRank(keys, info);
       return `${kind === "lora" ? "LoRA" : "LyCORIS"}: ${modules.size} modules (${te} text encoder)${rank ? `, rank ${rank}` : ""}`;
     }
     case "embedding": {
@@ -97,7 +111,7 @@ export function inspectFile(path: string, o: { scan?: boolean } = {}): InspectRe
   };
   try {
     const keys = src.keys();
-    report.kind = classify(keys);
+    report.kind = fileKind(keys);
     for (const k of keys) {
       const { dtype, shape } = src.info(k);
       const n = shape.reduce((a, b) => a * b, 1);

@@ -2,7 +2,8 @@
 // lycoris/functional/loha.py, lokr.py, general.py; the same formulas as
 // AUTOMATIC1111 extensions-builtin/Lora/network_hada.py, network_lokr.py).
 // Only the "forward" semantics are implemented: ΔW as the module's forward
-// applies it (see ../shared/fixtures/README.md on get_diff_weight).
+// applies it (LyCORIS 3.2's get_diff_weight, used by its merge tools,
+// applies the scale a second time for LoHa and LoKr).
 import { einsum, kron, scope, type Tensor } from "../../engine/index.js";
 
 /** general.py rebuild_tucker: W[p, r, …] = Σ t[i, j, …]·wa[i, p]·wb[j, r]. */
