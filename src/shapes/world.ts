@@ -3,7 +3,7 @@
 // deterministically from a seed. It is small enough that a tiny SD-shaped
 // model learns it on a CPU in minutes, and simple enough that a hand-written
 // analyser (analyser.ts) can score what such a model draws. Design and the
-// measured numbers: docs/shapes-world.md and ../shared/notes/shapes-world-feasibility.md.
+// measured numbers: docs/shapes-world.md and docs/notes/shapes-world-feasibility.md.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { writeAll, writeFileAtomic, writeTextAtomic } from "../formats/atomic-write.js";

@@ -1,7 +1,7 @@
 // The recipe of the built-in shapes-world base model: the three networks'
 // sizes and every training setting, in one place, so that `atelier shapes
 // build-base` rebuilds the shipped weights and the model folder records what
-// made them. Sizes follow ../shared/notes/shapes-world-feasibility.md: a VAE
+// made them. Sizes follow docs/notes/shapes-world-feasibility.md: a VAE
 // 64×64×3 → 8×8×4 (as SD's 8× VAE), a 2-layer CLIP text encoder of width 64
 // over a BPE vocabulary of the world, and a UNet of 64/128 channels with
 // cross-attention at both levels. Head counts are the ones a single-file

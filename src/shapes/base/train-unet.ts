@@ -1,7 +1,7 @@
 // Stage 2 of the base model: the UNet and the CLIP text encoder, together
 // from random weights, on the world's latents (the stage-1 VAE's means ×
 // its scaling factor), epsilon prediction on SD's scaled-linear schedule.
-// Settings from ../shared/notes/shapes-world-feasibility.md: batch 64,
+// Settings from docs/notes/shapes-world-feasibility.md: batch 64,
 // lr 1e-3 with warm-up, clipping 1, EMA 0.995, caption dropout (whole and
 // partial) so that classifier-free guidance and short prompts work.
 import { type Generator, indexSelect, type Tensor, tensor } from "../../engine/index.js";

@@ -4,7 +4,7 @@
 // and what tells a star from a circle) + klWeight · KL(posterior ‖ N(0, 1)),
 // as SD's VAE keeps a tiny KL term. Then a few decoder-only steps on the
 // encoder's means, which sharpened shapes in the feasibility run
-// (../shared/notes/shapes-world-feasibility.md). The latents' scaling factor
+// (docs/notes/shapes-world-feasibility.md). The latents' scaling factor
 // is measured at the end (1 / their std), as SD's 0.18215 was.
 import { cat, type Generator, indexSelect, noGrad, scope, std, type Tensor } from "../../engine/index.js";
 import { AutoencoderKL, type LatentDistribution } from "../../models/vae/index.js";
