@@ -12,8 +12,9 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { writeAll, writeFileAtomic, writeTextAtomic } from "../../formats/atomic-write.js";
 import { a1111Parameters, encodePng } from "../../formats/png.js";
+import { generateRgb } from "../../infer/generate-rgb.js";
 import { A1111_SAMPLER_NAMES } from "../../infer/save-images.js";
-import { type StableDiffusion, toRgbBytes, txt2img } from "../../infer/txt2img.js";
+import type { StableDiffusion } from "../../infer/txt2img.js";
 import type { ConceptConfig } from "../config-core.js";
 import { applyTemplate, captionPath } from "./captions.js";
 import { checkImages, classImagesWanted, scanImages } from "./concepts.js";
@@ -99,7 +100,7 @@ export async function ensureClassImages(
   while (result.generated.length < missing) {
     const n = Math.min(batch, missing - result.generated.length);
     const batchSeed = seed + existing + result.generated.length;
-    const r = txt2img(model, {
+    const { images, settings: s } = generateRgb(model, {
       prompt,
       negative: o.negative ?? "",
       sampler: o.sampler,
@@ -111,33 +112,27 @@ export async function ensureClassImages(
       batch: n,
       clipSkip: o.clipSkip,
     });
-    try {
-      const s = r.settings;
-      const text = a1111Parameters({
-        prompt: s.prompt,
-        negative: s.negative,
-        steps: s.steps,
-        sampler: A1111_SAMPLER_NAMES[s.sampler] ?? s.sampler,
-        cfg: s.cfg,
-        seed: s.seed,
-        width: s.width,
-        height: s.height,
-        model: model.name,
-        clipSkip: s.clipSkip,
-        extra: n > 1 ? { "Batch size": n } : {},
-      });
-      for (const img of toRgbBytes(r.images)) {
-        const captionExt = concept.caption_extension;
-        const path = freeName(dir, createHash("sha1").update(img.data).digest("hex"), captionExt);
-        writeTextAtomic(captionPath(path, captionExt), prompt);
-        const png = encodePng({ ...img, channels: 3 }, { parameters: text });
-        writeFileAtomic(path, (fd) => writeAll(fd, png));
-        result.generated.push(path);
-        o.onProgress?.(result.generated.length, missing, path);
-      }
-    } finally {
-      r.latents.dispose();
-      r.images.dispose();
+    const text = a1111Parameters({
+      prompt: s.prompt,
+      negative: s.negative,
+      steps: s.steps,
+      sampler: A1111_SAMPLER_NAMES[s.sampler] ?? s.sampler,
+      cfg: s.cfg,
+      seed: s.seed,
+      width: s.width,
+      height: s.height,
+      model: model.name,
+      clipSkip: s.clipSkip,
+      extra: n > 1 ? { "Batch size": n } : {},
+    });
+    for (const img of images) {
+      const captionExt = concept.caption_extension;
+      const path = freeName(dir, createHash("sha1").update(img.data).digest("hex"), captionExt);
+      writeTextAtomic(captionPath(path, captionExt), prompt);
+      const png = encodePng(img, { parameters: text });
+      writeFileAtomic(path, (fd) => writeAll(fd, png));
+      result.generated.push(path);
+      o.onProgress?.(result.generated.length, missing, path);
     }
   }
   return result;
