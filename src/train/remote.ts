@@ -39,7 +39,10 @@ export interface TrainerProcessOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** A Trainer running in another process. */
+/**
+ * A Trainer running in another process. A command takes effect after the step during which
+ * the child receives it, which is often one step later than in this thread.
+ */
 export interface TrainerProcess extends Trainer {
   /** The child's process id, once run() has started it. */
   readonly pid: number | undefined;

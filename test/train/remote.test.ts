@@ -129,8 +129,10 @@ test("stop and save now by command mid-run: reason stopped, a resumable state fo
   assert.ok(result.steps >= 2 && result.steps < 30, `stopped after ${result.steps} steps`);
   assert.ok(result.resumeFrom !== null && existsSync(join(result.resumeFrom, "state.json")), "a resumable state");
   assert.deepEqual(events.at(-1), { type: "end", ...result });
-  const saved = events.find((e) => e.type === "artifact" && e.kind === "checkpoint");
-  assert.ok(saved?.type === "artifact" && saved.step < result.steps, "save now wrote the model before the stop");
+  // A command takes effect after the step during which it arrives (often the next one): save
+  // now and stop may land together, so count the models written: save now's and the stop's.
+  const saved = events.filter((e) => e.type === "artifact" && e.kind === "checkpoint");
+  assert.ok(saved.length >= 2, "save now wrote the model, and so did the stop");
 });
 
 test("an AbortSignal aborted before the child is ready is a queued stop", async () => {
