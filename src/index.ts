@@ -1,0 +1,29 @@
+// Atelier's public API: what the CLI, the studio and programs that embed
+// Atelier call. Each group is a namespace of one layer (docs/design.md §2);
+// the most used entry points are also exported by name.
+export * as adapters from "./adapters/index.js";
+export * as engine from "./engine/index.js";
+export * as evaluation from "./eval/evaluate.js";
+export * as checkpoints from "./formats/checkpoint.js";
+export * as safetensors from "./formats/safetensors.js";
+
+export { type GenerateRgbOptions, generateRgb, type RgbImage } from "./infer/generate-rgb.js";
+export { type Txt2ImgOptions, txt2img } from "./infer/txt2img.js";
+export { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "./models/stable-diffusion.js";
+export { SAMPLER_NAMES } from "./schedulers/index.js";
+export { convertCheckpoint } from "./tools/convert.js";
+export { formatReport, inspectFile } from "./tools/inspect.js";
+export {
+  ConfigError,
+  configFields,
+  configToJson,
+  describeConfig,
+  loadTrainConfig,
+  type TrainConfig,
+  writeResolvedConfig,
+} from "./train/config.js";
+export type { Trainer, TrainerCommand, TrainerEvent, TrainerListener, TrainerResult } from "./train/events.js";
+export { defineMethod, type MethodSpec, registerMethod, type TrainingMethod } from "./train/methods/index.js";
+export { startTrainerProcess } from "./train/remote.js";
+export { type CreateTrainerOptions, createTrainer, type TrainOptions, train } from "./train/trainer.js";
+export { createModel, listModels, resolveModel } from "./train/workspace.js";
