@@ -1,8 +1,9 @@
 // Shared test helpers: tolerance checks and the tensor-leak check every test file uses.
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { afterEach, beforeEach } from "node:test";
+import { after, afterEach, beforeEach } from "node:test";
 import { fileURLToPath } from "node:url";
 import { liveTensors, Tensor } from "../src/engine/index.js";
 
@@ -21,6 +22,18 @@ export const testFixture = (name: string): string => join(repoRoot, "test", "fix
  * transformers, LyCORIS and kohya.
  */
 export const sharedFixture = (path: string): string => join(repoRoot, "..", "shared", "fixtures", path);
+
+/** A fresh folder per call under one temporary folder (removed after the file's tests): `caseFile()` → …/case-N/t.safetensors. */
+export function caseFiles(prefix: string): (name?: string) => string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  let counter = 0;
+  return (name = "t.safetensors") => {
+    const d = join(dir, `case-${counter++}`);
+    mkdirSync(d);
+    return join(d, name);
+  };
+}
 
 /** Every test in the calling file must leave the live native tensor count where it found it. */
 export function checkLeaks(): void {

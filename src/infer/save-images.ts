@@ -30,10 +30,9 @@ export function checkImageOut(out: string): void {
   if (extname(out).toLowerCase() !== ".png") throw new Error(`--out must name a .png file, got '${basename(out)}'`);
 }
 
-export function saveImages(result: GenerateRgbResult, out: string, modelName: string): string[] {
-  checkImageOut(out);
-  const s = result.settings;
-  const text = a1111Parameters({
+/** A1111's PNG `parameters` text for the settings of one txt2img call (the batch size when > 1). */
+export function parametersText(s: GenerateRgbResult["settings"], modelName: string): string {
+  return a1111Parameters({
     prompt: s.prompt,
     negative: s.negative,
     steps: s.steps,
@@ -46,6 +45,12 @@ export function saveImages(result: GenerateRgbResult, out: string, modelName: st
     clipSkip: s.clipSkip,
     extra: s.batch > 1 ? { "Batch size": s.batch } : {},
   });
+}
+
+export function saveImages(result: GenerateRgbResult, out: string, modelName: string): string[] {
+  checkImageOut(out);
+  const s = result.settings;
+  const text = parametersText(s, modelName);
   const paths = imagePaths(out, s.batch);
   result.images.forEach((img, i) => {
     const png = encodePng(img, { parameters: text });

@@ -2,23 +2,14 @@
 // each written by hand: every one is refused with a SafetensorsError naming
 // the file and the fault, quickly and without allocating what the header claims.
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, test } from "node:test";
+import { writeFileSync } from "node:fs";
+import { test } from "node:test";
 import { findDuplicateKey, openSafetensors, SafetensorsError } from "../../src/formats/safetensors.js";
-import { checkLeaks } from "../helpers.js";
+import { caseFiles, checkLeaks } from "../helpers.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-safetensors-bad-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
-let counter = 0;
-const tmpFile = (name = "t.safetensors"): string => {
-  const d = join(dir, `case-${counter++}`);
-  mkdirSync(d);
-  return join(d, name);
-};
+const tmpFile = caseFiles("atelier-safetensors-bad-");
 
 function rawFile(header: string | Buffer, data: Buffer = Buffer.alloc(0), length?: bigint): string {
   const h = typeof header === "string" ? Buffer.from(header, "utf8") : header;

@@ -2,21 +2,9 @@
 // fixtures and real-world files, and atomic replacement. Malformed files:
 // safetensors-malformed.test.ts.
 import assert from "node:assert/strict";
-import {
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { BYTES, cudaAvailable, ones, scope, type Tensor, tensor, zeros } from "../../src/engine/index.js";
 import { writeAll, writeFileAtomic, writeTextAtomic } from "../../src/formats/atomic-write.js";
 import {
@@ -26,18 +14,11 @@ import {
   SafetensorsError,
   saveSafetensors,
 } from "../../src/formats/safetensors.js";
-import { assertClose, checkLeaks, repoRoot, sharedFixture } from "../helpers.js";
+import { assertClose, caseFiles, checkLeaks, repoRoot, sharedFixture } from "../helpers.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-safetensors-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
-let counter = 0;
-const tmpFile = (name = "t.safetensors"): string => {
-  const d = join(dir, `case-${counter++}`);
-  mkdirSync(d);
-  return join(d, name);
-};
+const tmpFile = caseFiles("atelier-safetensors-");
 
 const rawBytes = (t: Tensor): Buffer => {
   const a = t.toTypedArray();

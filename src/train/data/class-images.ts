@@ -11,9 +11,9 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { writeAll, writeFileAtomic, writeTextAtomic } from "../../formats/atomic-write.js";
-import { a1111Parameters, encodePng } from "../../formats/png.js";
+import { encodePng } from "../../formats/png.js";
 import { generateRgb } from "../../infer/generate-rgb.js";
-import { A1111_SAMPLER_NAMES } from "../../infer/save-images.js";
+import { parametersText } from "../../infer/save-images.js";
 import type { StableDiffusion } from "../../infer/txt2img.js";
 import type { ConceptConfig } from "../config-core.js";
 import { applyTemplate, captionPath } from "./captions.js";
@@ -112,19 +112,7 @@ export async function ensureClassImages(
       batch: n,
       clipSkip: o.clipSkip,
     });
-    const text = a1111Parameters({
-      prompt: s.prompt,
-      negative: s.negative,
-      steps: s.steps,
-      sampler: A1111_SAMPLER_NAMES[s.sampler] ?? s.sampler,
-      cfg: s.cfg,
-      seed: s.seed,
-      width: s.width,
-      height: s.height,
-      model: model.name,
-      clipSkip: s.clipSkip,
-      extra: n > 1 ? { "Batch size": n } : {},
-    });
+    const text = parametersText(s, model.name);
     for (const img of images) {
       const captionExt = concept.caption_extension;
       const path = freeName(dir, createHash("sha1").update(img.data).digest("hex"), captionExt);
