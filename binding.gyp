@@ -7,7 +7,8 @@
         "native/tensor_store.cc",
         "native/ops.cc",
         "native/autograd.cc",
-        "native/runtime.cc"
+        "native/runtime.cc",
+        "native/file_tensor.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

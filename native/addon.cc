@@ -8,6 +8,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerOps(env, exports);
   registerAutograd(env, exports);
   registerRuntime(env, exports);
+  registerFileTensor(env, exports);
   return exports;
 }
 

@@ -62,5 +62,6 @@ void registerTensorStore(Napi::Env env, Napi::Object exports);
 void registerOps(Napi::Env env, Napi::Object exports);
 void registerAutograd(Napi::Env env, Napi::Object exports);
 void registerRuntime(Napi::Env env, Napi::Object exports);
+void registerFileTensor(Napi::Env env, Napi::Object exports);
 
 }  // namespace atelier

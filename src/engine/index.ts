@@ -4,6 +4,7 @@ export { backward, enableGrad, grad, isGradEnabled, noGrad } from "./autograd.js
 export * from "./device.js";
 export { defOp, type OpRef } from "./dispatch.js";
 export { BYTES, type DType, dtypeCode, dtypeName, isFloating, type TypedArray } from "./dtype.js";
+export { type FileRead, liveMappings, readFileTensor } from "./file-tensor.js";
 export * from "./ops/creation.js";
 export * from "./ops/inplace.js";
 export * from "./ops/linalg.js";

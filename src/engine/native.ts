@@ -22,6 +22,9 @@ export interface NativeAddon {
   shape(id: TensorId): number[];
   dtype(id: TensorId): number;
   item(id: TensorId): number | boolean;
+  // file regions (native/file_tensor.cc)
+  readFileTensor(fd: number, offset: number, byteLength: number, shape: number[], dtype: number, how: number): TensorId;
+  liveMappings(): number;
   // operators
   opFind(name: string, overload: string): number;
   opSchema(op: number): string;
