@@ -1,12 +1,13 @@
 // safetensors: lazy reading by name straight into tensor memory, and atomic
 // writing in the reference writer's layout (huggingface/safetensors
 // safetensors/src/tensor.rs, `prepare`). Format: docs/formats.md.
-// Tensor bytes never pass through a JS heap buffer: reads land in the memory
-// of an `empty` tensor, writes come from a zero-copy view of a contiguous CPU
-// tensor.
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+// Tensor bytes never pass through a JS heap buffer: a tensor of 64 KiB or
+// more is a private mapping of its bytes in the file (native/file_tensor.cc),
+// a smaller one is read into its own memory; writes come from a zero-copy view
+// of a contiguous CPU tensor.
+import { type BigIntStats, closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { endianness } from "node:os";
-import { BYTES, checkDevice, type DType, empty, isContiguous, isFloating, Tensor } from "../engine/index.js";
+import { BYTES, checkDevice, type DType, isContiguous, isFloating, readFileTensor, Tensor } from "../engine/index.js";
 import { writeAll, writeFileAtomic } from "./atomic-write.js";
 import {
   checkHeaderLength,
@@ -23,6 +24,13 @@ export interface GetOptions {
   dtype?: DType;
   /** Move to this device ("cpu", "cuda", "cuda:1") after reading. */
   device?: string;
+  /**
+   * false: read into memory the tensor owns, instead of mapping the file
+   * (default true). A mapped tensor is writable (copy on write, the file is
+   * never changed), but the file must then not be truncated or rewritten in
+   * place while the tensor lives: replace it by renaming a new file over it.
+   */
+  mmap?: boolean;
 }
 
 export interface LoadOptions {
@@ -31,6 +39,8 @@ export interface LoadOptions {
   device?: string;
   /** Load only the tensors whose name passes. */
   filter?: (name: string) => boolean;
+  /** See GetOptions.mmap. */
+  mmap?: boolean;
 }
 
 // fs calls take at most 2 GiB − 1 bytes at once.
@@ -52,12 +62,14 @@ export class SafetensorsFile {
   readonly path: string;
   readonly metadata: Record<string, string>;
   readonly #tensors: Map<string, TensorInfo>;
+  readonly #stamp: BigIntStats;
   #fd: number | undefined;
 
   /** Use openSafetensors(). */
   constructor(path: string, fd: number, tensors: Map<string, TensorInfo>, metadata: Record<string, string>) {
     this.path = path;
     this.#fd = fd;
+    this.#stamp = fstatSync(fd, { bigint: true });
     this.#tensors = tensors;
     this.metadata = metadata;
   }
@@ -89,19 +101,19 @@ export class SafetensorsFile {
     const info = this.#tensors.get(name);
     if (!info) throw this.#missing(name);
     if (o.device !== undefined) checkDevice(o.device);
-    const t = empty(info.shape, { dtype: info.dtype });
+    const what = `${this.path}: tensor ${JSON.stringify(name)}`;
+    const fd = this.#fd;
+    let t: Tensor;
     try {
-      const fd = this.#fd;
-      if (info.byteLength > 0) {
-        t.withBytes((bytes) => {
-          readExactly(fd, bytes, info.offset, `${this.path}: tensor ${JSON.stringify(name)}`);
-          // A bool byte other than 0 or 1 is undefined behaviour in libtorch.
-          if (info.dtype === "bool" && bytes.some((b) => b > 1)) {
-            throw new SafetensorsError(
-              `${this.path}: tensor ${JSON.stringify(name)} is BOOL but holds bytes other than 0/1`,
-            );
-          }
-        });
+      t = readFileTensor(fd, info.offset, info.byteLength, info.shape, info.dtype, o.mmap === false ? "read" : "map");
+    } catch (e) {
+      throw new SafetensorsError(`${what}: ${(e as Error).message}`);
+    }
+    try {
+      this.#checkUnchanged(fd, what);
+      // A bool byte other than 0 or 1 is undefined behaviour in libtorch.
+      if (info.dtype === "bool" && info.byteLength > 0 && t.withBytes((bytes) => bytes.some((b) => b > 1))) {
+        throw new SafetensorsError(`${what} is BOOL but holds bytes other than 0/1`);
       }
       const dtype = o.dtype ?? info.dtype;
       const device = o.device ?? "cpu";
@@ -120,6 +132,22 @@ export class SafetensorsFile {
     if (this.#fd !== undefined) {
       closeSync(this.#fd);
       this.#fd = undefined;
+    }
+  }
+
+  /**
+   * A file rewritten in place since it was opened would give a mix of old and
+   * new bytes. (Not ctime: renaming a new file over this one changes only the
+   * old file's link count, and its data stays readable.)
+   */
+  #checkUnchanged(fd: number, what: string): void {
+    const now = fstatSync(fd, { bigint: true });
+    const was = this.#stamp;
+    if (now.size !== was.size || now.mtimeNs !== was.mtimeNs) {
+      throw new SafetensorsError(
+        `${what}: the file changed on disk since it was opened (${was.size} → ${now.size} bytes, ` +
+          `modified ${now.mtime.toISOString()}); reopen it`,
+      );
     }
   }
 
@@ -181,7 +209,7 @@ export function loadSafetensors(
       if (o.filter && !o.filter(name)) continue;
       const stored = f.info(name).dtype;
       const dtype = o.dtype && isFloating(stored) ? o.dtype : undefined;
-      tensors.set(name, f.get(name, { dtype, device: o.device }));
+      tensors.set(name, f.get(name, { dtype, device: o.device, mmap: o.mmap }));
     }
     return { tensors, metadata: { ...f.metadata } };
   } catch (e) {
