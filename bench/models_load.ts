@@ -34,7 +34,7 @@ interface KeyInfo {
 }
 
 /** Writes an SD1.5-shaped LDM single-file .safetensors with small random weights (tmp + rename). */
-function makeCheckpoint(path: string, dtype: "f32" | "f16", say: (s: string) => void): void {
+export function makeCheckpoint(path: string, dtype: "f32" | "f16", say: (s: string) => void): void {
   const spec = JSON.parse(readFileSync(join(FIXTURES, "models", "sd15_ldm_keys.json"), "utf8")) as {
     keys: Record<string, KeyInfo>;
   };
@@ -95,7 +95,7 @@ function makeCheckpoint(path: string, dtype: "f32" | "f16", say: (s: string) => 
 }
 
 /** Empties the page cache (root only); false where the sandbox does not allow it. */
-function dropCaches(): boolean {
+export function dropCaches(): boolean {
   try {
     spawnSync("sync");
     writeFileSync("/proc/sys/vm/drop_caches", "3");
@@ -105,7 +105,7 @@ function dropCaches(): boolean {
   }
 }
 
-function rawRead(path: string, buf: Buffer): number {
+export function rawRead(path: string, buf: Buffer): number {
   const fd = openSync(path, "r");
   let total = 0;
   try {
