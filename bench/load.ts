@@ -170,11 +170,13 @@ function bench(path: string, size: "f32" | "f16"): Result[] {
   const methods = ["raw", ...names];
   const load = new Map<string, Measured[]>(methods.map((m) => [m, []]));
   const pass = new Map<string, Measured[]>(methods.map((m) => [m, []]));
-  if (!o.cold) rawRead(path, Buffer.allocUnsafe(64 << 20)); // into the page cache
+  const buf = Buffer.allocUnsafe(64 << 20);
   for (let round = -o.warmup; round < o.reps; round++) {
     for (let j = 0; j < methods.length; j++) {
       const m = methods[(j + Math.max(round, 0)) % methods.length]; // rotate the order each round
+      // Warm: the whole file in the page cache again (a load into owned memory may have pushed some out).
       if (o.cold && !dropCaches()) fail("--cold needs root (echo 3 > /proc/sys/vm/drop_caches)");
+      if (!o.cold) rawRead(path, buf);
       const r = inChild(m, path);
       if (round < 0) continue;
       load.get(m)?.push(r.load);
