@@ -3,7 +3,8 @@
 // recorded in the manifest (keep_last pruning). With EMA, artifacts and
 // samples are made from the averaged weights.
 import { join } from "node:path";
-import { getRngState, type Tensor } from "../engine/index.js";
+import { all, getRngState, isFloating, isfinite, noGrad, scope, type Tensor } from "../engine/index.js";
+import { NonFiniteError } from "./loop.js";
 import type { ArtifactKind } from "./manifest.js";
 import { EMA_PREFIX, type RunParts } from "./run-setup.js";
 import { saveSampleGrid } from "./samples.js";
@@ -43,9 +44,28 @@ export function trainMetadata(p: RunParts, progress: Progress): Record<string, s
 
 const withAverages = <T>(p: RunParts, fn: () => T): T => (p.ema ? p.ema.withAverages(fn) : fn());
 
+/** The name of the first trained tensor holding a NaN or an infinity, if any. */
+function firstNonFinite(p: RunParts): string | null {
+  const tensors = new Map(p.method.namedTrainable());
+  for (const [i, t] of (p.ema?.shadow ?? []).entries()) tensors.set(`${EMA_PREFIX}${p.emaNames[i]}`, t);
+  for (const [name, t] of tensors) {
+    if (!isFloating(t.dtype)) continue;
+    if (!noGrad(() => scope(() => all(isfinite(t)).item()))) return name;
+  }
+  return null;
+}
+
 /** Writes the method's artifacts under `tag` and, when `state`, a resumable state; returns what was written. */
 export function writeArtifacts(p: RunParts, progress: Progress, tag: string, state: boolean): WrittenArtifact[] {
   const { c, manifest } = p;
+  // The step core never steps a non-finite gradient in; this also catches weights that came in broken.
+  const broken = firstNonFinite(p);
+  if (broken) {
+    throw new NonFiniteError(
+      `step ${progress.step}: the trained weight ${broken} is not finite; nothing was saved`,
+      progress.step,
+    );
+  }
   const out: WrittenArtifact[] = [];
   const record = (a: WrittenArtifact) => {
     manifest.add(a.path, { kind: a.kind, step: progress.step, epoch: progress.epoch, format: a.format });

@@ -10,7 +10,7 @@ import type { TrainConfig } from "./config.js";
 import { disposeBatch } from "./data/index.js";
 import { diffusionMicroLoss } from "./diffusion-step.js";
 import type { Trainer, TrainerCommand, TrainerEvent, TrainerListener, TrainerResult } from "./events.js";
-import { StepClock, StepCore } from "./loop.js";
+import { NonFiniteError, StepClock, StepCore } from "./loop.js";
 import { RunManifest } from "./manifest.js";
 import { LossLog, ProgressBar, type StepRecord } from "./progress.js";
 import { epochTag, stepTag, writeArtifacts, writeSamples } from "./run-artifacts.js";
@@ -30,6 +30,9 @@ export interface CreateTrainerOptions {
 export function createTrainer(config: TrainConfig, o: CreateTrainerOptions = {}): Trainer {
   return new LocalTrainer(config, o);
 }
+
+/** With on_nan skip, this many non-finite steps in a row end the run: the weights or the data are broken. */
+export const MAX_SKIPPED_IN_A_ROW = 5;
 
 /** Lets timers, I/O and commands in between two steps (a step itself holds the thread). */
 const yieldToEventLoop = () => new Promise<void>((r) => setImmediate(r));
@@ -87,6 +90,9 @@ class LocalTrainer implements Trainer {
     });
     try {
       return await this.#loop(p);
+    } catch (e) {
+      if (e instanceof NonFiniteError) throw withNewestGood(e, p);
+      throw e;
     } finally {
       p.dispose();
     }
@@ -102,6 +108,8 @@ class LocalTrainer implements Trainer {
       accumulation: c.gradient_accumulation,
       maxGradNorm: c.max_grad_norm,
       autocast: p.autocast,
+      onNonFinite: c.on_nan,
+      groupNames: p.method.groups().map((g) => g.name),
       afterStep: (i) => {
         p.method.afterStep?.(i);
         p.ema?.update(i);
@@ -118,12 +126,13 @@ class LocalTrainer implements Trainer {
       else this.#emit({ type: "warning", message: "no sample image written: sample.prompts is empty" });
     };
     let stopped = false;
+    let skippedInARow = 0;
     outer: for (let epoch = progress.epoch; ; epoch++) {
       if (c.max_steps <= 0 && epoch >= c.epochs) break;
       let batchIndex = epoch === progress.epoch ? progress.batchInEpoch : 0;
       for await (const batch of p.dataset.epochBatches(epoch, { startStep: batchIndex })) {
         try {
-          core.micro(() => diffusionMicroLoss(p, batch));
+          core.micro(() => diffusionMicroLoss(p, batch), progress.step);
         } finally {
           disposeBatch(batch);
         }
@@ -131,6 +140,16 @@ class LocalTrainer implements Trainer {
         if (!core.ready) continue;
         const figures = core.step(progress.step);
         progress = { step: progress.step + 1, epoch, batchInEpoch: batchIndex };
+        if (figures.skipped) {
+          skippedInARow++;
+          this.#emit({ type: "warning", message: `step ${progress.step}: ${figures.skipped}; its update was skipped` });
+          if (skippedInARow >= MAX_SKIPPED_IN_A_ROW) {
+            throw new NonFiniteError(
+              `${skippedInARow} steps in a row were not finite (the last: ${figures.skipped}): the weights or the data are broken`,
+              progress.step,
+            );
+          }
+        } else skippedInARow = 0;
         const record: StepRecord = {
           step: progress.step,
           epoch,
@@ -138,7 +157,7 @@ class LocalTrainer implements Trainer {
           ...figures.terms,
           lr: figures.lr,
         } as StepRecord;
-        p.lossLog.append(record);
+        if (!figures.skipped) p.lossLog.append(record);
         const { itPerSec, etaSeconds } = clock.at(progress.step);
         this.#emit({ type: "step", step: progress.step, total, epoch, ...figures, itPerSec, etaSeconds });
         if (c.sample.every_n_steps > 0 && progress.step % c.sample.every_n_steps === 0) sample();
@@ -180,6 +199,21 @@ class LocalTrainer implements Trainer {
     this.#emit({ type: "end", ...result });
     return result;
   }
+}
+
+/** The error, saying what of the run is still good: the newest state and artifacts the manifest lists. */
+function withNewestGood(e: NonFiniteError, p: RunParts): NonFiniteError {
+  const state = p.manifest.latest("state");
+  const saved = p.manifest.artifacts.filter((a) => a.kind !== "config" && a.kind !== "log" && a.kind !== "samples");
+  const newest = saved.sort((a, b) => b.step - a.step)[0];
+  const good = state
+    ? `the newest good state is ${join(p.c.output_dir, state.path)} (step ${state.step}): resume from it with a lower learning_rate`
+    : newest
+      ? `the newest good file is ${join(p.c.output_dir, newest.path)} (step ${newest.step}); no resumable state was saved`
+      : "nothing was saved before it";
+  const out = new NonFiniteError(`${e.message}; ${good}`, e.step);
+  out.stack = e.stack;
+  return out;
 }
 
 // ---- the promise-only form ----------------------------------------------------------------
