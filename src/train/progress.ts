@@ -70,7 +70,7 @@ export interface StepProgress {
 /** The one progress line of every loop: step, speed, loss, LR, time left — with a bar, or after the loop's name. */
 export function progressLine(e: StepProgress, name = ""): string {
   const width = 20;
-  const filled = Math.round((e.step / e.total) * width);
+  const filled = Math.max(0, Math.min(width, Math.round((e.step / e.total) * width)));
   const head = name ? `${name}: ` : `[${"#".repeat(filled)}${"-".repeat(width - filled)}] `;
   return `${head}step ${e.step}/${e.total} | ${e.itPerSec.toFixed(2)} it/s | loss ${e.loss.toFixed(4)} | lr ${e.lr.toExponential(2)} | ETA ${duration(e.etaSeconds)}`;
 }

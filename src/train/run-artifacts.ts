@@ -2,8 +2,9 @@
 // ss_* training metadata), the resumable state and sample grids, each
 // recorded in the manifest (keep_last pruning). With EMA, artifacts and
 // samples are made from the averaged weights.
+import { readdirSync, statfsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { all, getRngState, isFloating, isfinite, noGrad, scope, type Tensor } from "../engine/index.js";
+import { all, BYTES, getRngState, isFloating, isfinite, noGrad, scope, type Tensor } from "../engine/index.js";
 import { NonFiniteError } from "./loop.js";
 import type { ArtifactKind } from "./manifest.js";
 import { EMA_PREFIX, type RunParts } from "./run-setup.js";
@@ -72,12 +73,50 @@ export function writeArtifacts(p: RunParts, progress: Progress, tag: string, sta
     manifest.prune(a.kind, c.save.keep_last);
     out.push(a);
   };
-  const saved = withAverages(p, () =>
-    p.method.save({ outputDir: c.output_dir, tag, metadata: trainMetadata(p, progress) }),
-  );
-  for (const a of saved) record(a);
-  if (state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
+  try {
+    const saved = withAverages(p, () =>
+      p.method.save({ outputDir: c.output_dir, tag, metadata: trainMetadata(p, progress) }),
+    );
+    for (const a of saved) record(a);
+    if (state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOSPC" || code === "EDQUOT") throw diskFull(p, progress, e as Error);
+    throw e;
+  }
   return out;
+}
+
+/** Bytes a file or folder takes. */
+function sizeOf(path: string): number {
+  const s = statSync(path, { throwIfNoEntry: false });
+  if (!s) return 0;
+  if (!s.isDirectory()) return s.size;
+  return readdirSync(path).reduce((n, f) => n + sizeOf(join(path, f)), 0);
+}
+
+const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+
+/** A full disk, said plainly: the folder, the space a save takes, the free space, and what is still good. */
+function diskFull(p: RunParts, progress: Progress, e: Error): Error {
+  const { c, manifest } = p;
+  // A save takes what the newest complete save of each kind took (the trained weights' bytes before the first).
+  const kinds = [...new Set(manifest.artifacts.map((a) => a.kind))].filter((k) => k !== "config" && k !== "log");
+  let needed = kinds.reduce((n, k) => n + sizeOf(join(c.output_dir, manifest.latest(k)!.path)), 0);
+  if (needed === 0) needed = [...p.method.namedTrainable().values()].reduce((n, t) => n + t.numel * BYTES[t.dtype], 0);
+  const fs = statfsSync(c.output_dir);
+  const state = manifest.latest("state");
+  const good = manifest.artifacts.filter((a) => a.kind !== "config" && a.kind !== "log" && a.kind !== "samples");
+  const newest = good.sort((a, b) => b.step - a.step)[0];
+  const keep = state
+    ? `the newest complete state is ${join(c.output_dir, state.path)} (step ${state.step}): free space and resume from it`
+    : newest
+      ? `the newest complete file is ${join(c.output_dir, newest.path)} (step ${newest.step})`
+      : "nothing was saved yet";
+  return new Error(
+    `no space left in ${c.output_dir} while saving step ${progress.step} (${e.message}): a save takes about ` +
+      `${gib(needed)}, ${gib(fs.bavail * fs.bsize)} is free; ${keep}`,
+  );
 }
 
 /** The state folder for `tag` (`state-step000100`), written atomically. */

@@ -4,7 +4,6 @@
 // artifact, log, warning, end) and commands between steps (stop, save now,
 // sample now). Listeners and commands are plain data, so the same API runs
 // in another process (remote.ts). `train()` is the promise-only form.
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { TrainConfig } from "./config.js";
 import { disposeBatch } from "./data/index.js";
@@ -82,7 +81,6 @@ class LocalTrainer implements Trainer {
 
   async #run(): Promise<TrainerResult> {
     const c = this.config;
-    mkdirSync(c.output_dir, { recursive: true });
     const p = await openRun(c, {
       resume: this.o.resume,
       log: (message) => this.#emit({ type: "log", message }),
