@@ -58,6 +58,7 @@ const gen = (seed: number, name: string, ...more: string[]) =>
 test("generate: same seed gives the same latent, another seed another; PNGs carry A1111 parameters", async () => {
   const a = await gen(7, "a");
   assert.equal(a.code, 0, a.err);
+  assert.match(a.err, /^step 1\/3\n\s*step 2\/3\n\s*step 3\/3/m, "not a terminal: one line per step");
   const b = await gen(7, "b");
   const c = await gen(8, "c");
   assert.equal(b.code + c.code, 0);
