@@ -177,10 +177,9 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
     manifest.add(join(c.output_dir, "config.json"), { kind: "config", step: 0, epoch: 0, format: "json" });
     const lossLog = new LossLog(join(c.output_dir, "logs", "loss.jsonl"));
     manifest.add(lossLog.path, { kind: "log", step: 0, epoch: 0, format: "jsonl" });
-    if (o.resume) {
-      lossLog.truncateAfter(progress.step);
-      o.log(`resumed at step ${progress.step} (epoch ${progress.epoch}, batch ${progress.batchInEpoch})`);
-    }
+    // a resumed run drops what its log holds past the state; a fresh one starts the log afresh
+    lossLog.truncateAfter(progress.step);
+    if (o.resume) o.log(`resumed at step ${progress.step} (epoch ${progress.epoch}, batch ${progress.batchInEpoch})`);
     return {
       c,
       spec,

@@ -1,12 +1,13 @@
 // Test images made with sharp in temporary folders.
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { after } from "node:test";
 import sharp from "sharp";
 
 /** A fresh temporary folder, removed when the test file ends. */
 export function tempDir(prefix = "atelier-data-"): string {
-  const dir = tempDir(prefix);
+  const dir = mkdtempSync(join(tmpdir(), prefix));
   after(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
 }
