@@ -80,8 +80,7 @@ export function writeArtifacts(p: RunParts, progress: Progress, tag: string, sta
     for (const a of saved) record(a);
     if (state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ENOSPC" || code === "EDQUOT") throw diskFull(p, progress, e as Error);
+    if (isDiskFull(e)) throw diskFull(p, progress.step, e as Error, "saving");
     throw e;
   }
   return out;
@@ -95,10 +94,22 @@ function sizeOf(path: string): number {
   return readdirSync(path).reduce((n, f) => n + sizeOf(join(path, f)), 0);
 }
 
-const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+/** Bytes in the unit that reads best (KiB … GiB). */
+const size = (n: number) => {
+  const units = ["bytes", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) [n, i] = [n / 1024, i + 1];
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+};
+
+/** Whether an error is the disk (or the quota) being full. */
+export function isDiskFull(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  return code === "ENOSPC" || code === "EDQUOT";
+}
 
 /** A full disk, said plainly: the folder, the space a save takes, the free space, and what is still good. */
-function diskFull(p: RunParts, progress: Progress, e: Error): Error {
+export function diskFull(p: RunParts, step: number, e: Error, doing: string): Error {
   const { c, manifest } = p;
   // A save takes what the newest complete save of each kind took (the trained weights' bytes before the first).
   const kinds = [...new Set(manifest.artifacts.map((a) => a.kind))].filter((k) => k !== "config" && k !== "log");
@@ -114,8 +125,8 @@ function diskFull(p: RunParts, progress: Progress, e: Error): Error {
       ? `the newest complete file is ${join(c.output_dir, newest.path)} (step ${newest.step})`
       : "nothing was saved yet";
   return new Error(
-    `no space left in ${c.output_dir} while saving step ${progress.step} (${e.message}): a save takes about ` +
-      `${gib(needed)}, ${gib(fs.bavail * fs.bsize)} is free; ${keep}`,
+    `no space left in ${c.output_dir} while ${doing} step ${step} (${e.message}): a save takes about ` +
+      `${size(needed)}, ${size(fs.bavail * fs.bsize)} is free; ${keep}`,
   );
 }
 

@@ -12,7 +12,7 @@ import type { Trainer, TrainerCommand, TrainerEvent, TrainerListener, TrainerRes
 import { NonFiniteError, StepClock, StepCore } from "./loop.js";
 import { RunManifest } from "./manifest.js";
 import { LossLog, ProgressBar, type StepRecord } from "./progress.js";
-import { epochTag, stepTag, writeArtifacts, writeSamples } from "./run-artifacts.js";
+import { diskFull, epochTag, isDiskFull, stepTag, writeArtifacts, writeSamples } from "./run-artifacts.js";
 import { openRun, type RunParts } from "./run-setup.js";
 import type { Progress } from "./state.js";
 
@@ -40,6 +40,8 @@ class LocalTrainer implements Trainer {
   readonly #listeners = new Set<TrainerListener>();
   readonly #pending = new Set<TrainerCommand>();
   #running: Promise<TrainerResult> | null = null;
+  /** The last step done, for messages. */
+  #step = 0;
 
   constructor(
     readonly config: TrainConfig,
@@ -90,6 +92,10 @@ class LocalTrainer implements Trainer {
       return await this.#loop(p);
     } catch (e) {
       if (e instanceof NonFiniteError) throw withNewestGood(e, p);
+      // the loss log or the manifest can meet a full disk before a save does
+      if (isDiskFull(e) && !/^no space left in /.test((e as Error).message)) {
+        throw diskFull(p, this.#step, e as Error, "writing");
+      }
       throw e;
     } finally {
       p.dispose();
@@ -138,6 +144,7 @@ class LocalTrainer implements Trainer {
         if (!core.ready) continue;
         const figures = core.step(progress.step);
         progress = { step: progress.step + 1, epoch, batchInEpoch: batchIndex };
+        this.#step = progress.step;
         if (figures.skipped) {
           skippedInARow++;
           this.#emit({ type: "warning", message: `step ${progress.step}: ${figures.skipped}; its update was skipped` });

@@ -137,7 +137,7 @@ test("a full disk: the error names the folder, the space a save takes and the ne
     });
     await assert.rejects(
       t.run(),
-      /no space left in .*disk-full while saving step 3 .*a save takes about [\d.]+ GiB, [\d.]+ GiB is free; the newest complete state is .*state-step000002 \(step 2\)/,
+      /no space left in .*disk-full while saving step 3 .*a save takes about [\d.]+ (bytes|KiB|MiB|GiB), [\d.]+ (bytes|KiB|MiB|GiB) is free; the newest complete state is .*state-step000002 \(step 2\)/,
     );
   } finally {
     fs.writeSync = realWrite;
