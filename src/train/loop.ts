@@ -66,8 +66,11 @@ export class StepCore {
   /** What made this step non-finite (skip mode), if anything. */
   #bad: string | null = null;
 
+  readonly #params: Tensor[];
+
   constructor(readonly o: StepCoreOptions) {
     this.accumulation = o.accumulation ?? 1;
+    this.#params = o.optimizer.paramGroups.flatMap((g) => g.params);
   }
 
   /**
@@ -119,6 +122,11 @@ export class StepCore {
     this.#bad = null;
   }
 
+  /** Whether micro-batches ran since the last optimizer step. */
+  get pending(): boolean {
+    return this.#micro > 0;
+  }
+
   /** Whether enough micro-batches ran for an optimizer step. */
   get ready(): boolean {
     return this.#micro >= this.accumulation;
@@ -127,11 +135,22 @@ export class StepCore {
   /** Clips, steps the optimizer and the schedule, clears the gradients; `index` is the step's 0-based number. */
   step(index: number): StepFigures {
     const { optimizer, scheduler } = this.o;
-    const params = optimizer.paramGroups.flatMap((g) => g.params);
     if (!this.#bad) {
-      const clip = this.o.maxGradNorm && this.o.maxGradNorm > 0;
-      const total = clip ? clipGradNorm(params, this.o.maxGradNorm!) : gradNorm(params);
-      if (!Number.isFinite(total)) this.#fault(this.#badGradients(), index);
+      const clip = this.o.maxGradNorm !== undefined && this.o.maxGradNorm > 0;
+      // with clipping, the norm the clip computes anyway tells (and it refuses to scale by a non-finite one,
+      // so the culprit can still be named); without, one extra pass over the gradients
+      let finite = true;
+      try {
+        finite = Number.isFinite(
+          clip
+            ? clipGradNorm(this.#params, this.o.maxGradNorm!, 2, { errorIfNonfinite: true })
+            : gradNorm(this.#params),
+        );
+      } catch (e) {
+        if (!/non-finite/.test((e as Error).message)) throw e;
+        finite = false;
+      }
+      if (!finite) this.#fault(this.#badGradients(), index);
     }
     const lr = optimizer.paramGroups[0].lr;
     if (!this.#bad) optimizer.step();

@@ -27,10 +27,24 @@ export class LossLog<R extends LossRecord = StepRecord> {
 
   truncateAfter(step: number): void {
     if (!existsSync(this.path)) return;
-    const kept = readFileSync(this.path, "utf8")
-      .split("\n")
-      .filter((l) => l.trim() && (JSON.parse(l) as LossRecord).step <= step);
+    const kept = this.#lines().filter((l) => (JSON.parse(l) as LossRecord).step <= step);
     writeFileSync(this.path, kept.map((l) => `${l}\n`).join(""));
+  }
+
+  /** The log's lines; a last one cut short (a kill or a full disk mid-append) is dropped. */
+  #lines(): string[] {
+    const lines = readFileSync(this.path, "utf8")
+      .split("\n")
+      .filter((l) => l.trim());
+    const last = lines.at(-1);
+    if (last !== undefined) {
+      try {
+        JSON.parse(last);
+      } catch {
+        lines.pop();
+      }
+    }
+    return lines;
   }
 
   /** Starts the log afresh. */
@@ -44,10 +58,7 @@ export class LossLog<R extends LossRecord = StepRecord> {
 
   read(): R[] {
     if (!existsSync(this.path)) return [];
-    return readFileSync(this.path, "utf8")
-      .split("\n")
-      .filter((l) => l.trim())
-      .map((l) => JSON.parse(l) as R);
+    return this.#lines().map((l) => JSON.parse(l) as R);
   }
 }
 

@@ -56,8 +56,13 @@ function firstNonFinite(p: RunParts): string | null {
   return null;
 }
 
-/** Writes the method's artifacts under `tag` and, when `state`, a resumable state; returns what was written. */
-export function writeArtifacts(p: RunParts, progress: Progress, tag: string, state: boolean): WrittenArtifact[] {
+/** Writes the method's artifacts (unless `artifacts` is false) under `tag` and, when `state`, a resumable state. */
+export function writeArtifacts(
+  p: RunParts,
+  progress: Progress,
+  tag: string,
+  o: { artifacts?: boolean; state: boolean },
+): WrittenArtifact[] {
   const { c, manifest } = p;
   // The step core never steps a non-finite gradient in; this also catches weights that came in broken.
   const broken = firstNonFinite(p);
@@ -74,13 +79,15 @@ export function writeArtifacts(p: RunParts, progress: Progress, tag: string, sta
     out.push(a);
   };
   try {
-    const saved = withAverages(p, () =>
-      p.method.save({ outputDir: c.output_dir, tag, metadata: trainMetadata(p, progress) }),
-    );
-    for (const a of saved) record(a);
-    if (state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
+    if (o.artifacts ?? true) {
+      const saved = withAverages(p, () =>
+        p.method.save({ outputDir: c.output_dir, tag, metadata: trainMetadata(p, progress) }),
+      );
+      for (const a of saved) record(a);
+    }
+    if (o.state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
   } catch (e) {
-    if (isDiskFull(e)) throw diskFull(p, progress.step, e as Error, "saving");
+    if (isDiskFull(e)) throw diskFull(p, progress.step, e as Error, "saving", o.state);
     throw e;
   }
   return out;
@@ -108,25 +115,49 @@ export function isDiskFull(e: unknown): boolean {
   return code === "ENOSPC" || code === "EDQUOT";
 }
 
-/** A full disk, said plainly: the folder, the space a save takes, the free space, and what is still good. */
-export function diskFull(p: RunParts, step: number, e: Error, doing: string): Error {
+/** A full disk, said plainly; keeps the errno code, so callers can still tell. */
+export class DiskFullError extends Error {
+  override name = "DiskFullError";
+  readonly code: string;
+  constructor(message: string, cause: Error) {
+    super(message, { cause });
+    this.code = (cause as NodeJS.ErrnoException).code ?? "ENOSPC";
+  }
+}
+
+/** What of the run is still good: the newest state the manifest lists, else its newest file. */
+export function newestGood(p: RunParts, hint: string): string {
   const { c, manifest } = p;
-  // A save takes what the newest complete save of each kind took (the trained weights' bytes before the first).
-  const kinds = [...new Set(manifest.artifacts.map((a) => a.kind))].filter((k) => k !== "config" && k !== "log");
-  let needed = kinds.reduce((n, k) => n + sizeOf(join(c.output_dir, manifest.latest(k)!.path)), 0);
+  const state = manifest.latest("state");
+  const files = manifest.artifacts.filter((a) => a.kind !== "config" && a.kind !== "log" && a.kind !== "samples");
+  const newest = [...files].sort((a, b) => b.step - a.step)[0];
+  if (state) return `the newest complete state is ${join(c.output_dir, state.path)} (step ${state.step}): ${hint}`;
+  if (newest)
+    return `the newest complete file is ${join(c.output_dir, newest.path)} (step ${newest.step}); no resumable state was saved`;
+  return "nothing was saved before it";
+}
+
+/** The folder, the space a save takes, the free space, and what is still good. */
+export function diskFull(
+  p: RunParts,
+  step: number,
+  e: Error,
+  doing: string,
+  withState = p.c.save.state,
+): DiskFullError {
+  const { c, manifest } = p;
+  // A save takes what the newest complete save of the kinds it writes took (the trained weights' bytes before one).
+  const kinds = new Set(manifest.artifacts.map((a) => a.kind));
+  const writes = [...kinds].filter(
+    (k) => k !== "config" && k !== "log" && k !== "samples" && (k !== "state" || withState),
+  );
+  let needed = writes.reduce((n, k) => n + sizeOf(join(c.output_dir, manifest.latest(k)!.path)), 0);
   if (needed === 0) needed = [...p.method.namedTrainable().values()].reduce((n, t) => n + t.numel * BYTES[t.dtype], 0);
   const fs = statfsSync(c.output_dir);
-  const state = manifest.latest("state");
-  const good = manifest.artifacts.filter((a) => a.kind !== "config" && a.kind !== "log" && a.kind !== "samples");
-  const newest = good.sort((a, b) => b.step - a.step)[0];
-  const keep = state
-    ? `the newest complete state is ${join(c.output_dir, state.path)} (step ${state.step}): free space and resume from it`
-    : newest
-      ? `the newest complete file is ${join(c.output_dir, newest.path)} (step ${newest.step})`
-      : "nothing was saved yet";
-  return new Error(
+  return new DiskFullError(
     `no space left in ${c.output_dir} while ${doing} step ${step} (${e.message}): a save takes about ` +
-      `${size(needed)}, ${size(fs.bavail * fs.bsize)} is free; ${keep}`,
+      `${size(needed)}, ${size(fs.bavail * fs.bsize)} is free; ${newestGood(p, "free space and resume from it")}`,
+    e,
   );
 }
 

@@ -96,11 +96,22 @@ async function prepareClassImages(c: TrainConfig, model: LoadedStableDiffusion, 
 
 /** Sets a run up (and restores its state when resuming); `dispose()` frees everything. */
 export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunParts> {
-  // Every input is checked before anything is written: a bad state, model or folder leaves no trace.
+  // The inputs are checked before anything is written: a bad state, model or instance folder leaves no trace
+  // (what only the loaded data can tell — a finished epoch-based run, weights that do not fit — comes after
+  // class images and the latent cache, but before the run's own files).
   const resumed = o.resume ? readStateInfo(o.resume) : null;
   const spec = methodSpecFor(c);
-  if (resumed && resumed.extra.method !== spec.name) {
-    throw new Error(`${o.resume}: a ${String(resumed.extra.method)} state cannot resume a ${spec.name} run`);
+  if (resumed) {
+    if (resumed.extra.method !== spec.name) {
+      throw new Error(`${o.resume}: a ${String(resumed.extra.method)} state cannot resume a ${spec.name} run`);
+    }
+    const emaThen = Number(resumed.extra.ema_decay ?? 0) > 0;
+    if (emaThen !== c.ema_decay > 0) {
+      throw new Error(
+        `${o.resume}: the state was saved ${emaThen ? "with" : "without"} EMA (ema_decay ${resumed.extra.ema_decay ?? 0}), this config has ema_decay ${c.ema_decay}`,
+      );
+    }
+    if (c.max_steps > 0) refuseFinished(o.resume!, resumed.progress.step, c.max_steps);
   }
   for (const [i, k] of c.concepts.entries()) checkInstanceFolder(k, `concepts[${i}]`);
   manualSeed(c.seed);
@@ -149,8 +160,8 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
     const optimizer = makeOptimizer(c, method);
     owned.push(optimizer);
     const scheduler = new LRScheduler(optimizer, c.lr_scheduler, scheduleOptions(c, total));
-    const emaNames = c.ema_decay > 0 ? averagedNames(method, optimizer) : [];
     const named = method.namedTrainable();
+    const emaNames = c.ema_decay > 0 ? averagedNames(named, optimizer) : [];
     const ema =
       c.ema_decay > 0
         ? new Ema(
@@ -161,11 +172,7 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
     if (ema) owned.push(ema);
     let progress: Progress = { step: 0, epoch: 0, batchInEpoch: 0 };
     if (o.resume && resumed) {
-      if (resumed.progress.step >= total) {
-        throw new Error(
-          `${o.resume}: the run is finished at step ${resumed.progress.step} (this config's last step is ${total}); raise max_steps (or epochs) to train further`,
-        );
-      }
+      refuseFinished(o.resume, resumed.progress.step, total); // epochs decide: known once the data is
       progress = restoreRun(o.resume, { method, optimizer, scheduler, noiseGen, ema, emaNames });
     }
     // Now the run writes: stale temporary files of a killed save first go.
@@ -206,10 +213,18 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
   }
 }
 
+function refuseFinished(dir: string, step: number, total: number): void {
+  if (step >= total) {
+    throw new Error(
+      `${dir}: the run is finished at step ${step} (this config's last step is ${total}); raise max_steps (or epochs) to train further`,
+    );
+  }
+}
+
 /** The trainable tensors the optimizer steps, by name: what the EMA averages (buffers are not). */
-function averagedNames(method: TrainingMethod, optimizer: Optimizer<GroupHyper>): string[] {
+function averagedNames(named: Map<string, Tensor>, optimizer: Optimizer<GroupHyper>): string[] {
   const stepped = new Set(optimizer.paramGroups.flatMap((g) => g.params));
-  return [...method.namedTrainable()].filter(([, t]) => stepped.has(t)).map(([n]) => n);
+  return [...named].filter(([, t]) => stepped.has(t)).map(([n]) => n);
 }
 
 function restoreRun(

@@ -121,7 +121,10 @@ test("a diverging learning rate: stopped at the first non-finite step, every sav
   assert.ok(r.error instanceof NonFiniteError, `the run diverged: ${String(r.error)}`);
   const at = r.error.step;
   assert.match(r.error.message, new RegExp(`step ${at}: (the loss is (NaN|Infinity)|the gradients of unet)`));
-  assert.match(r.error.message, new RegExp(`the newest good state is .*state-step${String(at - 1).padStart(6, "0")}`));
+  assert.match(
+    r.error.message,
+    new RegExp(`the newest complete state is .*state-step${String(at - 1).padStart(6, "0")}`),
+  );
   const logged = losses(c.output_dir);
   assert.equal(logged.length, at - 1, "the bad step is not logged");
   assert.ok(logged.every((l) => Number.isFinite(l.loss)));
