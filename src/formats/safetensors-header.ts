@@ -90,6 +90,19 @@ export function checkHeaderLength(file: string, prefix: Uint8Array, fileSize: nu
   return Number(n);
 }
 
+/**
+ * The first key that occurs twice in one object of a JSON text (JSON.parse
+ * silently keeps the last), with whether it is a top-level (tensor) name.
+ */
+export function findDuplicateKey(text: string): { key: string; topLevel: boolean } | undefined {
+  try {
+    parseJson(text);
+  } catch (e) {
+    if (e instanceof DuplicateKeyError) return { key: e.key, topLevel: e.topLevel };
+  }
+  return undefined;
+}
+
 function parseMetadata(file: string, value: Json): Record<string, string> {
   if (value === null) return {}; // the reference reads null as "no metadata" (an Option)
   if (!(value instanceof Map)) fail(file, `__metadata__ must be an object of strings, got ${showJson(value)}`);

@@ -16,7 +16,7 @@ import {
   type TensorInfo,
 } from "./safetensors-header.js";
 
-export { MAX_HEADER_BYTES, SafetensorsError, type TensorInfo } from "./safetensors-header.js";
+export { findDuplicateKey, MAX_HEADER_BYTES, SafetensorsError, type TensorInfo } from "./safetensors-header.js";
 
 export interface GetOptions {
   /** Cast to this dtype after reading. */

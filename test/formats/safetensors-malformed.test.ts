@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { test } from "node:test";
-import { openSafetensors, SafetensorsError } from "../../src/formats/safetensors.js";
+import { findDuplicateKey, openSafetensors, SafetensorsError } from "../../src/formats/safetensors.js";
 import { caseFiles, checkLeaks } from "../helpers.js";
 
 checkLeaks();
@@ -129,6 +129,8 @@ test("rejects duplicate names that JSON.parse would silently merge", () => {
     /duplicate key "dtype"/,
   );
   rejects(rawFile(`{"__metadata__":{"k":"1","k":"2"}}`), /duplicate key "k"/);
+  assert.equal(findDuplicateKey('{"a":"a","b":["a","a",{"a":1}],"c":{"a":"\\"a"}}'), undefined);
+  assert.deepEqual(findDuplicateKey('{"x":{"a\\"":1,"a\\u0022":2}}'), { key: 'a"', topLevel: false });
 });
 
 test("rejects __metadata__ that is not an object of strings", () => {
