@@ -36,7 +36,7 @@ const gentle = (o: TrainerProcessOptions = {}): TrainerProcessOptions => ({
 
 /**
  * A 10 ms timer on this thread, from the run's start event to its end event. A gap only counts
- * as the loop being held for the part of it this process spent on the CPU: on a shared 2-core
+ * as the loop being held for the part of it this thread spent on the CPU: on a shared 2-core
  * machine the OS alone deschedules an idle process for 40–140 ms now and then (measured here,
  * before any step ran), while a step in this thread spends all of the gap computing.
  */
@@ -44,10 +44,15 @@ function watchLoop(t: Trainer) {
   let on = false;
   let last = 0;
   let lastCpu = 0;
-  const cpuMs = () => {
-    const u = process.cpuUsage();
-    return (u.user + u.system) / 1000;
-  };
+  // This thread's own CPU time (Linux: schedstat's nanoseconds on the CPU of the main thread, whose id is the
+  // pid); process.cpuUsage() would add V8's and libuv's helper threads, busy while this one is not.
+  const schedstat = `/proc/self/task/${process.pid}/schedstat`;
+  const cpuMs = existsSync(schedstat)
+    ? () => Number(readFileSync(schedstat, "utf8").split(" ")[0]) / 1e6
+    : () => {
+        const u = process.cpuUsage();
+        return (u.user + u.system) / 1000;
+      };
   const o = { ticks: 0, maxGap: 0, maxBusyGap: 0 };
   const timer = setInterval(() => {
     if (!on) return;
