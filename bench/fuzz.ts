@@ -5,6 +5,7 @@
 //
 //   node dist/bench/fuzz.js [--cases N] [--seed S] [--target NAME|all] [--jobs J] [--budget SECONDS] [--out FILE]
 //   node dist/bench/fuzz.js --target NAME --seed S --case I [--dump FILE]   (rerun one case, save its input)
+//   (--profile ci: the CI test's smaller cases, to rerun one that test reports)
 //
 // Prints per target: cases, crashes, hangs (> 5 s), big allocations (> 1 GB
 // growth), leaks, accepted-invalid and rejected-valid (safetensors, against
@@ -36,6 +37,8 @@ interface Args {
   deadline: number;
   caseIndex?: number;
   dump?: string;
+  /** "long" (the default) or "ci", the CI test's smaller cases (to rerun one of them). */
+  profile: "ci" | "long";
 }
 
 function parseArgs(argv: string[]): Args {
@@ -69,6 +72,7 @@ function parseArgs(argv: string[]): Args {
     deadline: num("deadline", Number.POSITIVE_INFINITY),
     caseIndex: get("case") === undefined ? undefined : num("case", 0),
     dump: get("dump"),
+    profile: get("profile") === "ci" ? "ci" : "long",
   };
 }
 
@@ -86,7 +90,7 @@ interface ChildState {
 function child(a: Args): void {
   const name = a.targets[0];
   const dir = scratch();
-  const target = makeTarget(name, { dir, profile: "long" });
+  const target = makeTarget(name, { dir, profile: a.profile });
   const file = a.state!;
   const progress = openSync(`${file}.current`, "w");
   let saved = 0;
@@ -119,7 +123,7 @@ function child(a: Args): void {
 function oneCase(a: Args): void {
   const name = a.targets[0];
   const dir = scratch();
-  const target = makeTarget(name, { dir, profile: "long" });
+  const target = makeTarget(name, { dir, profile: a.profile });
   const input = caseInput(target, target.seeds(), a.seed, a.caseIndex ?? 0);
   if (a.dump) writeFileSync(a.dump, target.toBytes(input));
   const r = runCase(target, input, a.caseIndex ?? 0);
@@ -147,6 +151,7 @@ async function runTarget(a: Args, name: TargetName, deadline: number): Promise<T
     rmSync(state, { force: true });
     const args = [fileURLToPath(import.meta.url), "--child", "--target", name, "--seed", String(a.seed), "--from"];
     args.push(String(from), "--cases", String(a.cases), "--state", state, "--deadline", String(deadline));
+    args.push("--profile", a.profile);
     if (skip.size) args.push("--skip", [...skip].join(","));
     const proc = spawn(process.execPath, args, { stdio: ["ignore", "inherit", "inherit"] });
     const { killed, code } = await watch(proc, `${state}.current`);
