@@ -4,6 +4,7 @@
 // the OOM killer) is named; the run then goes on from the next case.
 //
 //   node dist/bench/fuzz.js [--cases N] [--seed S] [--target NAME|all] [--jobs J] [--budget SECONDS] [--out FILE]
+//   (--budget: wall seconds per target; a target stops at N cases or then, whichever comes first)
 //   node dist/bench/fuzz.js --target NAME --seed S --case I [--dump FILE]   (rerun one case, save its input)
 //   (--profile ci: the CI test's smaller cases, to rerun one that test reports)
 //
@@ -214,13 +215,12 @@ async function main(): Promise<void> {
   if (a.child) return child(a);
   if (a.caseIndex !== undefined) return oneCase(a);
   const started = Date.now();
-  const deadline = started + a.budgetS * 1000;
   const queue = [...a.targets];
   const results = new Map<TargetName, Tally>();
   const worker = async () => {
     for (let name = queue.shift(); name; name = queue.shift()) {
       const t0 = Date.now();
-      results.set(name, await runTarget(a, name, deadline));
+      results.set(name, await runTarget(a, name, t0 + a.budgetS * 1000));
       console.error(`${name}: ${results.get(name)?.cases} cases in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     }
   };
