@@ -165,7 +165,14 @@ function parseEntry(file: string, name: string, value: Json, headerEnd: number, 
   }
   // BigInt: a lying shape like [1e12, 1e12] must not round into a plausible size.
   const dims = (rawShape as JsonNumber[]).map((d) => BigInt(d.raw));
-  const bytes = dims.reduce((acc, d) => acc * d, BigInt(BYTES[dtype]));
+  // The Rust reader multiplies the dimensions left to right in a usize and refuses on overflow
+  // (ValidationOverflow), even when a later dimension is 0.
+  let count = 1n;
+  for (const d of dims) {
+    count *= d;
+    if (count >= 2n ** 64n) fail(file, `${what}: shape ${showJson(rawShape)} overflows a 64-bit element count`);
+  }
+  const bytes = count * BigInt(BYTES[dtype]);
   if (bytes !== BigInt(end - begin)) {
     fail(
       file,

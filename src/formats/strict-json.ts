@@ -148,6 +148,8 @@ export function parseJson(text: string, maxDepth = MAX_DEPTH): Json {
       const m = NUMBER.exec(text);
       if (!m) return fail("bad number");
       i += m[0].length;
+      // serde_json refuses a number no f64 holds (1e400), wherever it stands
+      if (!Number.isFinite(Number(m[0]))) return fail(`number out of range: ${m[0].slice(0, 40)}`);
       return new JsonNumber(m[0]);
     }
     for (const [word, v] of [

@@ -22,31 +22,14 @@ const CASES: Record<TargetName, number> = { safetensors: 1500, ckpt: 1200, promp
  * surrogates, serde_json's nesting limit): it then accepts no file the
  * reference refuses. It turns true when the reader does.
  */
-const EXPECT_STRICT_SAFETENSORS = false;
+const EXPECT_STRICT_SAFETENSORS = true;
 
 /**
  * What this fuzzer found in the readers as they are (bench/RESULTS.md,
  * "fuzz"). A listed count is reported as a todo rather than failing the run;
  * each entry goes when its reader is fixed, and the assertion then holds.
  */
-const OPEN_FINDINGS: Partial<Record<TargetName, { crashes?: string; leaks?: string; rejectedValid?: string }>> = {
-  safetensors: {
-    crashes:
-      "shape [2^40, 2^40, 0] passes the header checks and libtorch's empty() throws 'Storage size calculation overflowed'",
-    rejectedValid:
-      "a zero-size tensor with a dimension above 2^53 ([18446744073709551615, 0]) is valid; the reader refuses it",
-  },
-  ckpt: {
-    crashes:
-      "a zero-stride or huge view ([1e6, 1e6] stride [0, 0]) reaches libtorch: '[enforce fail at alloc_cpu.cpp] can't allocate memory'",
-    leaks: "that as_strided view is left alive when contiguous() throws (ckpt.ts TorchArchive.tensor)",
-  },
-  config: {
-    crashes:
-      "a BigInt in an object config: show() calls JSON.stringify, TypeError 'Do not know how to serialize a BigInt'",
-  },
-  png: { crashes: "corrupt zTXt/iTXt deflate data: zlib's raw Error (Z_DATA_ERROR, Z_BUF_ERROR) escapes readPngText" },
-};
+const OPEN_FINDINGS: Partial<Record<TargetName, { crashes?: string; leaks?: string; rejectedValid?: string }>> = {};
 
 const dir = mkdtempSync(join(tmpdir(), "atelier-fuzz-"));
 const tallies: Tally[] = [];
@@ -98,3 +81,19 @@ for (const name of TARGET_NAMES) {
     }
   });
 }
+
+test("the fuzzer's crashing inputs, now refused by name: a 64-bit overflowing shape, a BigInt in a config", async () => {
+  const { writeFileSync } = await import("node:fs");
+  const { openSafetensors } = await import("../../src/formats/safetensors.js");
+  const { loadTrainConfig } = await import("../../src/train/config.js");
+  const header = Buffer.from(
+    JSON.stringify({ a: { dtype: "U8", shape: [1099511627776, 1099511627776, 0], data_offsets: [0, 0] } }),
+  );
+  const file = join(dir, "overflow.safetensors");
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(header.length));
+  writeFileSync(file, Buffer.concat([len, header]));
+  assert.throws(() => openSafetensors(file), /overflows a 64-bit element count/);
+  const raw = { model: "m", output_dir: "o", concepts: [{ instance_data_dir: "d", instance_prompt: "p" }], seed: 5n };
+  assert.throws(() => loadTrainConfig(raw, [], { checkFiles: false }), /seed must be .*got the BigInt 5n/);
+});
