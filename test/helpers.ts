@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { after, afterEach, beforeEach } from "node:test";
+import { afterEach, beforeEach } from "node:test";
 import { fileURLToPath } from "node:url";
 import { liveTensors, Tensor } from "../src/engine/index.js";
 
@@ -23,10 +23,21 @@ export const testFixture = (name: string): string => join(repoRoot, "test", "fix
  */
 export const sharedFixture = (path: string): string => join(repoRoot, "..", "shared", "fixtures", path);
 
+const made: string[] = [];
+process.on("exit", () => {
+  for (const d of made) rmSync(d, { recursive: true, force: true });
+});
+
+/** A fresh temporary folder (prefix + random), removed when the test process exits, whatever happened. */
+export function tempDir(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  made.push(d);
+  return d;
+}
+
 /** A fresh folder per call under one temporary folder (removed after the file's tests): `caseFile()` → …/case-N/t.safetensors. */
 export function caseFiles(prefix: string): (name?: string) => string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  after(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(prefix);
   let counter = 0;
   return (name = "t.safetensors") => {
     const d = join(dir, `case-${counter++}`);

@@ -61,7 +61,9 @@ export function generate(argv: string[]): number {
     const started = Date.now();
     const result = generateRgb(model, {
       ...options,
-      onStep: (i, n) => process.stderr.write(`\rstep ${i}/${n}${i === n ? "\n" : ""}`),
+      // redrawn in place on a terminal; a line per step in a log
+      onStep: (i, n) =>
+        process.stderr.write(process.stderr.isTTY ? `\rstep ${i}/${n}${i === n ? "\n" : ""}` : `step ${i}/${n}\n`),
       onLatents: latentPath ? (latents) => saveLatent(latents, latentPath) : undefined,
     });
     const paths = saveImages(result, out, model.name);

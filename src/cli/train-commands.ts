@@ -130,17 +130,29 @@ export async function trainCommand(argv: string[]): Promise<number> {
   }
   // Ctrl-C: stop after the current step with a resumable state; a second one quits at once.
   const stop = new AbortController();
+  let stoppingSince = 0;
   const onSigint = () => {
-    if (stop.signal.aborted) process.exit(130);
+    // Signals are handled between steps: two presses during one step arrive together, and count as one.
+    if (stop.signal.aborted) {
+      if (Date.now() - stoppingSince > 1000) process.exit(130);
+      return;
+    }
     console.error("\nstopping after this step and saving a resumable state (Ctrl-C again to quit now)");
+    stoppingSince = Date.now();
     stop.abort();
   };
   process.on("SIGINT", onSigint);
   try {
     const result = await train(config, { resume, log: (m) => console.error(m), signal: stop.signal });
     if (result.reason === "stopped") {
-      const again = [file, ...(file ? rest.slice(1) : rest)].filter((a) => a !== undefined).join(" ");
-      console.error(`stopped at step ${result.steps}; to go on: atelier train ${again} --resume ${result.resumeFrom}`);
+      const quote = (a: string) => (/^[\w./=:@%+,-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`);
+      const again = [file, ...(file ? rest.slice(1) : rest)]
+        .filter((a): a is string => a !== undefined)
+        .map(quote)
+        .join(" ");
+      console.error(
+        `stopped at step ${result.steps}; to go on: atelier train ${again} --resume ${quote(result.resumeFrom ?? "")}`,
+      );
       return 130;
     }
     console.log(`trained ${result.steps} steps; artifacts in ${result.outputDir} (manifest.json lists them)`);

@@ -5,16 +5,19 @@
 import { randomBytes } from "node:crypto";
 import {
   closeSync,
+  type Dirent,
   fsyncSync,
   lstatSync,
   openSync,
+  readdirSync,
   realpathSync,
   renameSync,
+  rmSync,
   statSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, relative } from "node:path";
 
 export interface AtomicWriteOptions {
   /** Permission bits of a new file (before umask); an existing target keeps its own. */
@@ -111,4 +114,43 @@ export function writeFileAtomic(path: string, write: (fd: number) => void, o: At
 export function writeTextAtomic(path: string, text: string, o: AtomicWriteOptions = {}): void {
   const bytes = Buffer.from(text, "utf8");
   writeFileAtomic(path, (fd) => writeAll(fd, bytes), o);
+}
+
+/** The temporary names of writes in progress: NAME.tmp-PID-HEX (files), .NAME.tmp-PID-N[.old] (folders). */
+const TEMPORARY = /\.tmp-(\d+)-[0-9a-f]+(\.old)?$/;
+
+function alive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Removes what writes killed half-way left in `dir` and its sub-folders (to `depth`):
+ * temporary files and folders whose writing process is gone. Returns their paths, relative to `dir`.
+ */
+export function sweepStaleTemporaries(dir: string, depth = 2): string[] {
+  const removed: string[] = [];
+  const walk = (d: string, left: number) => {
+    let entries: Dirent[];
+    try {
+      entries = readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const p = join(d, e.name);
+      const m = TEMPORARY.exec(e.name);
+      if (m && !alive(Number(m[1]))) {
+        rmSync(p, { recursive: true, force: true });
+        removed.push(relative(dir, p));
+      } else if (e.isDirectory() && left > 0) walk(p, left - 1);
+    }
+  };
+  walk(dir, depth);
+  return removed;
 }

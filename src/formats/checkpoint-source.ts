@@ -23,14 +23,42 @@ export interface Source extends KeyShapes {
   close(): void;
 }
 
+/**
+ * Whether a file starts as a safetensors file: a u64 header length that fits
+ * the file, then "{" after any JSON whitespace (serde_json, which the
+ * reference reader uses, allows it). A zip or pickle never passes: their
+ * first 8 bytes read as a length larger than the file, or byte 8 is not
+ * whitespace.
+ */
+function looksLikeSafetensors(fd: number, size: number): boolean {
+  const head = Buffer.alloc(8);
+  if (size < 10 || readSync(fd, head, 0, 8, 0) < 8) return false;
+  const len = head.readBigUInt64LE(0);
+  if (len < 2n || len > BigInt(size - 8)) return false;
+  const end = 8 + Number(len);
+  const buf = Buffer.alloc(4096);
+  for (let pos = 8; pos < end; ) {
+    const got = readSync(fd, buf, 0, Math.min(buf.length, end - pos), pos);
+    if (got <= 0) return false;
+    for (let i = 0; i < got; i++) {
+      const b = buf[i];
+      if (b === 0x7b) return true;
+      if (b !== 0x20 && b !== 0x0a && b !== 0x0d && b !== 0x09) return false;
+    }
+    pos += got;
+  }
+  return false;
+}
+
 /** What a file is, from its first bytes: safetensors (u64 header length, then "{"), a torch zip, or a pickle. */
 export function sniff(path: string): "safetensors" | "ckpt" {
   const fd = openSync(path, "r");
   try {
-    if (!fstatSync(fd).isFile()) throw new CheckpointError(`${path}: not a regular file`);
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new CheckpointError(`${path}: not a regular file`);
     const head = Buffer.alloc(9);
     const n = readSync(fd, head, 0, 9, 0);
-    if (n >= 9 && head[8] === 0x7b) return "safetensors";
+    if ((n >= 9 && head[8] === 0x7b) || looksLikeSafetensors(fd, st.size)) return "safetensors";
     if (n >= 4 && (head.readUInt32LE(0) === 0x04034b50 || head.readUInt32LE(0) === 0x06054b50 || head[0] === 0x80))
       return "ckpt";
     throw new CheckpointError(

@@ -56,6 +56,25 @@ function contiguousStrides(shape: readonly number[], stride: readonly number[]):
   return true;
 }
 
+/**
+ * A tensor's view (offset, sizes, strides) must lie inside the storage the
+ * pickle declares. Checked before anything is read; BigInt, so absurd sizes
+ * cannot round into plausible ones. Returns the view's element count.
+ */
+function checkView(path: string, what: string, ref: TensorRef): bigint {
+  const shape = ref.shape.map(BigInt);
+  const last = shape.reduce((a, d, i) => a + (d - 1n) * BigInt(ref.stride[i]), BigInt(ref.offset));
+  if (last >= BigInt(ref.storage.numel)) {
+    throw new CkptError(
+      `${path}: ${what} ${viewText(ref)} needs ${last + 1n} elements of storage ${ref.storage.key}, ` +
+        `which holds ${ref.storage.numel} (corrupt or truncated file)`,
+    );
+  }
+  return shape.reduce((a, d) => a * d, 1n);
+}
+
+const viewText = (ref: TensorRef) => `[${ref.shape}] (strides [${ref.stride}], offset ${ref.offset})`;
+
 function checkBool(path: string, key: string, bytes: Uint8Array): void {
   if (bytes.some((b) => b > 1)) throw new CkptError(`${path}: bool storage ${key} holds bytes other than 0/1`);
 }
@@ -76,6 +95,16 @@ class ZipStorages implements StorageSource {
       throw new CkptError(
         `${this.zip.path}: storage ${ref.key}: ${e.size} bytes is not a whole number of ${ref.dtype}`,
       );
+    // Nothing is allocated before the file is known to hold it: the pickle's
+    // element count against the entry, the entry against the file (dataOffset).
+    const declared = BigInt(ref.viewOffset + ref.numel) * BigInt(size);
+    if (declared > BigInt(e.size)) {
+      throw new CkptError(
+        `${this.zip.path}: storage ${ref.key} is declared as ${ref.numel} ${ref.dtype} elements (${declared} bytes), ` +
+          `but its entry ${name} holds ${e.size} bytes (corrupt or truncated file)`,
+      );
+    }
+    this.zip.dataOffset(e);
     const t = empty([e.size / size], { dtype: ref.dtype });
     try {
       if (e.size > 0) {
@@ -125,6 +154,9 @@ export class TorchArchive {
   readonly #storages: StorageSource;
   #cache: Map<string, Tensor> | undefined;
   #cacheable: (key: string) => boolean = () => true;
+  /** Bytes of expanded views made so far, each view counted once (see #checkExpansion). */
+  #expanded = 0n;
+  readonly #expandedRefs = new WeakSet<TensorRef>();
 
   /** Use openTorchArchive(). */
   constructor(
@@ -132,8 +164,32 @@ export class TorchArchive {
     readonly format: "zip" | "legacy",
     readonly root: unknown,
     storages: StorageSource,
+    /** Bytes of the file: the measure of what it can justify allocating. */
+    readonly fileSize: number,
   ) {
     this.#storages = storages;
+  }
+
+  /**
+   * A view with zero or overlapping strides (an expanded tensor, as
+   * `torch.tensor([1., 2.]).expand(3, 2)` saves) has more elements than its
+   * storage, and its contiguous copy is larger than the stored bytes. Such
+   * copies, all of them together, may be no larger than the file: a few
+   * stored bytes must not become gigabytes.
+   */
+  #checkExpansion(ref: TensorRef, numel: bigint, what: string): void {
+    if (numel <= BigInt(ref.storage.numel) || this.#expandedRefs.has(ref)) return;
+    const bytes = numel * BigInt(BYTES[ref.storage.dtype]);
+    if (this.#expanded + bytes > BigInt(this.fileSize)) {
+      throw new CkptError(
+        `${this.path}: ${what} ${viewText(ref)} repeats the ${ref.storage.numel} elements of storage ${ref.storage.key} ` +
+          `into ${numel}: its copy would take ${bytes} bytes` +
+          `${this.#expanded > 0n ? ` (after ${this.#expanded} bytes of other expanded tensors)` : ""}, ` +
+          `more than the file's ${this.fileSize} bytes`,
+      );
+    }
+    this.#expanded += bytes;
+    this.#expandedRefs.add(ref);
   }
 
   /**
@@ -147,6 +203,7 @@ export class TorchArchive {
     let t: Tensor;
     if (numel === 0) t = empty([...ref.shape], { dtype: s.dtype });
     else {
+      this.#checkExpansion(ref, checkView(this.path, what, ref), what);
       const cached = this.#cache?.get(s.key);
       const base = cached ?? this.#storages.read(s);
       try {
@@ -249,6 +306,7 @@ function openZip(path: string, verify: boolean): TorchArchive {
     const prefix = pkls[0].name.slice(0, -"data.pkl".length);
     const order = zip.get(`${prefix}byteorder`);
     if (order) {
+      if (order.size > 64) throw new CkptError(`${path}: ${order.name}: ${order.size} bytes, not a byte order name`);
       const text = zip.read(order).toString("latin1").trim();
       if (text !== "little")
         throw new CkptError(`${path}: byte order '${text}' is not supported (only little-endian archives)`);
@@ -257,7 +315,7 @@ function openZip(path: string, verify: boolean): TorchArchive {
     const { value, end } = unpickle(pkl, { what: `${path}: ${pkls[0].name}` });
     if (end !== pkl.length)
       throw new CkptError(`${path}: ${pkls[0].name}: ${pkl.length - end} stray bytes after the pickle`);
-    return new TorchArchive(path, "zip", value, new ZipStorages(zip, prefix, verify));
+    return new TorchArchive(path, "zip", value, new ZipStorages(zip, prefix, verify), zip.size);
   } catch (e) {
     zip.close();
     throw e;
@@ -305,7 +363,7 @@ function openLegacy(path: string): TorchArchive {
     where.set(ref.key, { offset: at + 8, numel });
     at += 8 + bytes;
   }
-  return new TorchArchive(path, "legacy", main.value, new LegacyStorages(path, data, where));
+  return new TorchArchive(path, "legacy", main.value, new LegacyStorages(path, data, where), data.length);
 }
 
 function refuse(): never {

@@ -204,7 +204,7 @@ export function call(fn: unknown, args: unknown[]): unknown {
   const impl = ALLOWED.get(fn.qualified);
   if (impl === undefined) throw new PickleError(`global '${fn.qualified}' is not allowed`);
   if (impl === null) {
-    if (fn.module === "torch" && fn.name in STORAGES)
+    if (fn.module === "torch" && Object.hasOwn(STORAGES, fn.name))
       throw new PickleError(`constructing ${fn.qualified} is not supported`);
     return new PyObject(fn, args);
   }
@@ -224,7 +224,7 @@ export function torchPersistentLoad(pid: unknown): StorageRef {
   if (!Array.isArray(pid) || pid[0] !== "storage")
     throw new PickleError(`unsupported persistent id ${JSON.stringify(describe(pid))}`);
   const [, type, key, location, numel, view] = pid;
-  if (!(type instanceof PyGlobal) || type.module !== "torch" || !(type.name in STORAGES)) {
+  if (!(type instanceof PyGlobal) || type.module !== "torch" || !Object.hasOwn(STORAGES, type.name)) {
     throw new PickleError(
       `persistent id: unsupported storage type ${type instanceof PyGlobal ? type.qualified : describe(type)}`,
     );

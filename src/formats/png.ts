@@ -80,29 +80,64 @@ export function encodePng(image: RGBImage, text: Record<string, string> = {}): B
   ]);
 }
 
-/** The tEXt/iTXt/zTXt chunks of a PNG file (what A1111's PNG Info shows). */
-export function readPngText(file: Buffer): Record<string, string> {
-  if (file.length < 8 || !file.subarray(0, 8).equals(SIGNATURE)) throw new Error("not a PNG file (bad signature)");
+/**
+ * Pillow's limits for text chunks (python-pillow/Pillow src/PIL/PngImagePlugin.py,
+ * MAX_TEXT_CHUNK = ImageFile.SAFEBLOCK and MAX_TEXT_MEMORY), which A1111's
+ * "PNG Info" reads through: a compressed chunk inflates to at most 1 MiB, all
+ * text together to at most 64 MiB. Past them a file is refused, not inflated.
+ */
+export const MAX_TEXT_CHUNK = 1 << 20;
+export const MAX_TEXT_MEMORY = 64 * MAX_TEXT_CHUNK;
+
+/** The PNG spec's chunk length limit (W3C PNG §5.3: at most 2^31 − 1). */
+const MAX_CHUNK = 2 ** 31 - 1;
+
+/** The tEXt/iTXt/zTXt chunks of a PNG file (what A1111's PNG Info shows); `name` prefixes error messages. */
+export function readPngText(file: Buffer, name = "PNG"): Record<string, string> {
+  const fail = (why: string): never => {
+    throw new Error(`${name}: ${why}`);
+  };
+  if (file.length < 8 || !file.subarray(0, 8).equals(SIGNATURE)) fail("not a PNG file (bad signature)");
   const out: Record<string, string> = {};
+  let total = 0;
+  const keep = (type: string, key: string, value: string) => {
+    total += value.length;
+    if (total > MAX_TEXT_MEMORY) fail(`text chunks hold more than ${MAX_TEXT_MEMORY} bytes (at ${type} "${key}")`);
+    out[key] = value;
+  };
+  const inflate = (type: string, key: string, data: Buffer): Buffer => {
+    try {
+      return inflateSync(data, { maxOutputLength: MAX_TEXT_CHUNK });
+    } catch (e) {
+      if ((e as { code?: string }).code === "ERR_BUFFER_TOO_LARGE")
+        return fail(`chunk ${type} "${key}" inflates to more than ${MAX_TEXT_CHUNK} bytes (the text chunk limit)`);
+      return fail(`chunk ${type} "${key}": corrupt compressed text (${(e as Error).message})`);
+    }
+  };
   let pos = 8;
   while (pos + 12 <= file.length) {
     const len = file.readUInt32BE(pos);
     const type = file.toString("latin1", pos + 4, pos + 8);
+    if (!/^[A-Za-z]{4}$/.test(type)) fail(`bad chunk type ${JSON.stringify(type)} at byte ${pos + 4}`);
+    if (len > MAX_CHUNK) fail(`chunk ${type} claims ${len} bytes (the format's limit is ${MAX_CHUNK})`);
     const end = pos + 8 + len;
-    if (end + 4 > file.length) throw new Error(`PNG chunk ${type} runs past the end of the file`);
+    if (end + 4 > file.length) fail(`chunk ${type} runs past the end of the file`);
     const body = file.subarray(pos + 8, end);
     const nul = body.indexOf(0);
+    const key = nul > 0 ? body.toString("latin1", 0, nul) : "";
     if (type === "tEXt" && nul > 0) {
-      out[body.toString("latin1", 0, nul)] = body.toString("latin1", nul + 1);
+      keep(type, key, body.toString("latin1", nul + 1));
     } else if (type === "zTXt" && nul > 0) {
-      out[body.toString("latin1", 0, nul)] = inflateSync(body.subarray(nul + 2)).toString("latin1");
+      if (body[nul + 1] !== 0) fail(`chunk zTXt "${key}": unknown compression method ${body[nul + 1]}`);
+      keep(type, key, inflate(type, key, body.subarray(nul + 2)).toString("latin1"));
     } else if (type === "iTXt" && nul > 0) {
+      // keyword, 0, compression flag, method, language tag, 0, translated keyword, 0, text
       const compressed = body[nul + 1] === 1;
-      let p = nul + 3;
-      p = body.indexOf(0, p) + 1; // language tag
-      p = body.indexOf(0, p) + 1; // translated keyword
-      const value = body.subarray(p);
-      out[body.toString("latin1", 0, nul)] = (compressed ? inflateSync(value) : value).toString("utf8");
+      const lang = body.indexOf(0, nul + 3);
+      const translated = lang < 0 ? -1 : body.indexOf(0, lang + 1);
+      if (translated < 0) fail(`chunk iTXt "${key}" is truncated (no language tag or translated keyword)`);
+      const value = body.subarray(translated + 1);
+      keep(type, key, (compressed ? inflate(type, key, value) : value).toString("utf8"));
     }
     if (type === "IEND") break;
     pos = end + 4;

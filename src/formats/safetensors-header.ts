@@ -3,6 +3,15 @@
 // check runs on the header alone, before any tensor memory is allocated, so a
 // lying header costs nothing but an error.
 import { BYTES, type DType } from "../engine/index.js";
+import {
+  DuplicateKeyError,
+  type Json,
+  JsonNumber,
+  type JsonObject,
+  kindOf,
+  parseJson,
+  showJson,
+} from "./strict-json.js";
 
 /** File dtype names that the engine holds. */
 export const FILE_TO_DTYPE: Readonly<Record<string, DType>> = {
@@ -65,15 +74,6 @@ const clip = (s: string, max: number): string => (s.length > max ? `${s.slice(0,
 /** A name from the file, quoted and cut short: a hostile header must not make a megabyte message. */
 const quote = (s: string): string => clip(JSON.stringify(s), 200);
 
-/** A value from the file for a message: JSON.stringify recurses, so deep nesting must not reach it unguarded. */
-function short(v: unknown): string {
-  try {
-    return clip(JSON.stringify(v) ?? String(v), 80);
-  } catch {
-    return Array.isArray(v) ? "a deeply nested array" : "a deeply nested object";
-  }
-}
-
 /**
  * Checks the 8-byte length prefix against the file size; returns N. `prefix`
  * is the first 8 bytes of the file.
@@ -93,89 +93,68 @@ export function checkHeaderLength(file: string, prefix: Uint8Array, fileSize: nu
 /**
  * The first key that occurs twice in one object of a JSON text (JSON.parse
  * silently keeps the last), with whether it is a top-level (tensor) name.
- * `text` must already be valid JSON; iterative, so deep nesting cannot
- * overflow the stack.
  */
 export function findDuplicateKey(text: string): { key: string; topLevel: boolean } | undefined {
-  const stack: (Set<string> | null)[] = []; // a Set per open object, null per open array
-  let i = 0;
-  while (i < text.length) {
-    const c = text.charCodeAt(i);
-    if (c === 0x22) {
-      let j = i + 1;
-      let escaped = false;
-      for (;;) {
-        const d = text.charCodeAt(j);
-        if (d === 0x5c) {
-          escaped = true;
-          j += 2;
-        } else if (d === 0x22) {
-          break;
-        } else {
-          j++;
-        }
-      }
-      const top = stack[stack.length - 1];
-      let k = j + 1;
-      while (k < text.length && /\s/.test(text[k])) k++;
-      if (top && text[k] === ":") {
-        const key = escaped ? (JSON.parse(text.slice(i, j + 1)) as string) : text.slice(i + 1, j);
-        if (top.has(key)) return { key, topLevel: stack.length === 1 };
-        top.add(key);
-      }
-      i = j + 1;
-    } else {
-      if (c === 0x7b) stack.push(new Set());
-      else if (c === 0x5b) stack.push(null);
-      else if (c === 0x7d || c === 0x5d) stack.pop();
-      i++;
-    }
+  try {
+    parseJson(text);
+  } catch (e) {
+    if (e instanceof DuplicateKeyError) return { key: e.key, topLevel: e.topLevel };
   }
   return undefined;
 }
 
-const isPlainObject = (v: unknown): v is Record<string, unknown> =>
-  typeof v === "object" && v !== null && !Array.isArray(v);
-
-const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
-
-function parseMetadata(file: string, value: unknown): Record<string, string> {
-  if (value === null || value === undefined) return {}; // the reference reads null as "no metadata"
-  if (!isPlainObject(value)) fail(file, `__metadata__ must be an object of strings, got ${short(value)}`);
-  const entries = Object.entries(value as Record<string, unknown>);
-  for (const [k, v] of entries) {
+function parseMetadata(file: string, value: Json): Record<string, string> {
+  if (value === null) return {}; // the reference reads null as "no metadata" (an Option)
+  if (!(value instanceof Map)) fail(file, `__metadata__ must be an object of strings, got ${showJson(value)}`);
+  for (const [k, v] of value as JsonObject) {
     if (typeof v !== "string") {
-      fail(file, `__metadata__ value for ${quote(k)} must be a string, got ${typeof v} ${short(v)}`);
+      fail(file, `__metadata__ value for ${quote(k)} must be a string, got ${kindOf(v)} ${showJson(v)}`);
     }
   }
   // fromEntries defines own properties, so even a "__proto__" key survives.
-  return Object.fromEntries(entries) as Record<string, string>;
+  return Object.fromEntries(value as JsonObject) as Record<string, string>;
 }
 
-function parseEntry(file: string, name: string, value: unknown, headerEnd: number, dataSize: number) {
+/** A Rust usize from the source text: `4.0`, `4e0`, `-0` and numbers past 2^64 are floats to serde_json. */
+const isCount = (v: Json): v is JsonNumber => v instanceof JsonNumber && v.isUnsigned && BigInt(v.raw) < 2n ** 64n;
+
+/** A count JS numbers hold exactly; larger ones cannot fit a file anyway, except as a dimension of an empty tensor. */
+function safe(file: string, what: string, v: JsonNumber): number {
+  const n = Number(v.raw);
+  if (!Number.isSafeInteger(n)) fail(file, `${what}: ${v.raw} is too large for this reader (limit 2^53 - 1)`);
+  return n;
+}
+
+function parseEntry(file: string, name: string, value: Json, headerEnd: number, dataSize: number): TensorInfo {
   const what = `tensor ${quote(name)}`;
-  if (!isPlainObject(value)) fail(file, `${what}: entry must be an object, got ${short(value)}`);
-  const e = value as Record<string, unknown>;
-  if (typeof e.dtype !== "string") fail(file, `${what}: missing or non-string dtype`);
-  const fileDtype = e.dtype as string;
-  const dtype = FILE_TO_DTYPE[fileDtype];
+  if (!(value instanceof Map)) return fail(file, `${what}: entry must be an object, got ${showJson(value)}`);
+  const fileDtype = value.get("dtype");
+  if (typeof fileDtype !== "string") return fail(file, `${what}: missing or non-string dtype`);
+  // hasOwn: "toString" or "__proto__" must not find Object.prototype's members.
+  const dtype = Object.hasOwn(FILE_TO_DTYPE, fileDtype) ? FILE_TO_DTYPE[fileDtype] : undefined;
   if (dtype === undefined) {
     const supported = Object.keys(FILE_TO_DTYPE).join(", ");
     if (UNSUPPORTED.has(fileDtype)) {
       fail(file, `${what} has dtype ${fileDtype}, which the engine cannot hold (supported: ${supported})`);
     }
-    fail(file, `${what} has unknown dtype ${quote(fileDtype)} (supported: ${supported})`);
+    return fail(file, `${what} has unknown dtype ${quote(fileDtype)} (supported: ${supported})`);
   }
-  if (!Array.isArray(e.shape)) fail(file, `${what}: missing shape (an array of dimension sizes)`);
-  const shape = e.shape as unknown[];
-  if (!shape.every(isCount)) {
-    fail(file, `${what}: shape ${short(shape)} must hold non-negative integers`);
+  const rawShape = value.get("shape");
+  if (!Array.isArray(rawShape)) return fail(file, `${what}: missing shape (an array of dimension sizes)`);
+  if (!rawShape.every(isCount)) {
+    fail(
+      file,
+      `${what}: shape ${showJson(rawShape)} must hold non-negative integers (written without sign, fraction or exponent)`,
+    );
   }
-  const offsets = e.data_offsets;
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
-    fail(file, `${what}: data_offsets must be [begin, end] with non-negative integers, got ${short(offsets)}`);
+  const rawOffsets = value.get("data_offsets");
+  if (!Array.isArray(rawOffsets) || rawOffsets.length !== 2 || !rawOffsets.every(isCount)) {
+    return fail(
+      file,
+      `${what}: data_offsets must be [begin, end] with non-negative integers, got ${rawOffsets === undefined ? "nothing" : showJson(rawOffsets)}`,
+    );
   }
-  const [begin, end] = offsets as number[];
+  const [begin, end] = (rawOffsets as JsonNumber[]).map((v) => safe(file, `${what}: data_offsets`, v));
   if (begin > end) fail(file, `${what}: data_offsets [${begin}, ${end}] begin after they end`);
   if (end > dataSize) {
     fail(
@@ -185,21 +164,31 @@ function parseEntry(file: string, name: string, value: unknown, headerEnd: numbe
     );
   }
   // BigInt: a lying shape like [1e12, 1e12] must not round into a plausible size.
-  const bytes = (shape as number[]).reduce((acc, d) => acc * BigInt(d), BigInt(BYTES[dtype]));
+  const dims = (rawShape as JsonNumber[]).map((d) => BigInt(d.raw));
+  // The Rust reader multiplies the dimensions left to right in a usize and refuses on overflow
+  // (ValidationOverflow), even when a later dimension is 0.
+  let count = 1n;
+  for (const d of dims) {
+    count *= d;
+    if (count >= 2n ** 64n) fail(file, `${what}: shape ${showJson(rawShape)} overflows a 64-bit element count`);
+  }
+  const bytes = count * BigInt(BYTES[dtype]);
   if (bytes !== BigInt(end - begin)) {
     fail(
       file,
-      `${what}: shape ${short(shape)} of ${fileDtype} needs ${bytes} bytes, ` +
+      `${what}: shape ${showJson(rawShape)} of ${fileDtype} needs ${bytes} bytes, ` +
         `but data_offsets [${begin}, ${end}] hold ${end - begin}`,
     );
   }
-  return { dtype, shape: shape as number[], byteLength: end - begin, offset: headerEnd + begin };
+  const shape = (rawShape as JsonNumber[]).map((d) => safe(file, `${what}: shape`, d));
+  return { dtype, shape, byteLength: end - begin, offset: headerEnd + begin };
 }
 
 /**
  * Parses and checks the header bytes of a file of `fileSize` bytes whose
- * header is `n = header.byteLength` long. Throws SafetensorsError naming
- * `file` and the problem.
+ * header is `n = header.byteLength` long, as the reference's `read_metadata`
+ * and `Metadata::validate` do (tensor.rs). Throws SafetensorsError naming
+ * `file`, the tensor and the rule.
  */
 export function parseHeader(file: string, header: Uint8Array, fileSize: number): ParsedHeader {
   const headerEnd = 8 + header.byteLength;
@@ -210,36 +199,55 @@ export function parseHeader(file: string, header: Uint8Array, fileSize: number):
   } catch {
     return fail(file, "header is not valid UTF-8");
   }
-  let json: unknown;
+  let json: Json;
   try {
-    json = JSON.parse(text);
+    json = parseJson(text);
   } catch (e) {
+    if (e instanceof DuplicateKeyError) {
+      return fail(
+        file,
+        e.topLevel ? `duplicate tensor name ${quote(e.key)}` : `duplicate key ${quote(e.key)} in the header`,
+      );
+    }
     return fail(file, `header is not valid JSON (${(e as Error).message})`);
   }
-  if (!isPlainObject(json))
-    fail(file, `header must be a JSON object, got ${Array.isArray(json) ? "an array" : typeof json}`);
-  const dup = findDuplicateKey(text);
-  if (dup) {
-    fail(
-      file,
-      dup.topLevel ? `duplicate tensor name ${quote(dup.key)}` : `duplicate key ${quote(dup.key)} in the header`,
-    );
-  }
+  if (!(json instanceof Map))
+    return fail(file, `header must be a JSON object, got ${Array.isArray(json) ? "an array" : kindOf(json)}`);
   const entries: [string, TensorInfo][] = [];
   let metadata: Record<string, string> = {};
-  for (const [name, value] of Object.entries(json as Record<string, unknown>)) {
+  for (const [name, value] of json) {
     if (name === "__metadata__") metadata = parseMetadata(file, value);
     else entries.push([name, parseEntry(file, name, value, headerEnd, dataSize)]);
   }
-  // Overlaps: in offset order, each tensor must begin where the one before ended or later.
+  // In offset order the tensors must tile the data section: the first begins
+  // at 0, each begins where the one before ends, the last ends at the end of
+  // the file (validate: InvalidOffset; read_metadata: MetadataIncompleteBuffer).
   entries.sort((a, b) => a[1].offset - b[1].offset || a[1].byteLength - b[1].byteLength);
-  for (let i = 1; i < entries.length; i++) {
-    const [pn, p] = entries[i - 1];
-    const [cn, c] = entries[i];
-    if (c.offset < p.offset + p.byteLength) {
-      const at = (t: TensorInfo) => `[${t.offset - headerEnd}, ${t.offset - headerEnd + t.byteLength}]`;
-      fail(file, `tensors ${quote(pn)} ${at(p)} and ${quote(cn)} ${at(c)} have overlapping data_offsets`);
+  const at = (t: TensorInfo) => `[${t.offset - headerEnd}, ${t.offset - headerEnd + t.byteLength}]`;
+  let covered = 0;
+  for (let i = 0; i < entries.length; i++) {
+    const [name, t] = entries[i];
+    const begin = t.offset - headerEnd;
+    if (begin < covered) {
+      const [pn, p] = entries[i - 1];
+      fail(file, `tensors ${quote(pn)} ${at(p)} and ${quote(name)} ${at(t)} have overlapping data_offsets`);
     }
+    if (begin > covered) {
+      fail(
+        file,
+        i === 0
+          ? `tensor ${quote(name)}: data_offsets ${at(t)} begin at ${begin}, but the first tensor must begin at 0 (${begin} bytes belong to no tensor)`
+          : `tensors ${quote(entries[i - 1][0])} ${at(entries[i - 1][1])} and ${quote(name)} ${at(t)}: ${begin - covered} bytes between them belong to no tensor (data_offsets must be contiguous)`,
+      );
+    }
+    covered = begin + t.byteLength;
+  }
+  if (covered !== dataSize) {
+    fail(
+      file,
+      `the data section holds ${dataSize} bytes but the tensors cover ${covered}: ${dataSize - covered} bytes ` +
+        "after the last tensor belong to none (trailing bytes, or a header length that is off)",
+    );
   }
   return { tensors: new Map(entries), metadata };
 }

@@ -26,6 +26,14 @@ const CENTRAL = 0x02014b50;
 const LOCAL = 0x04034b50;
 const CHUNK = 1 << 30;
 
+/**
+ * DEFLATE's largest possible expansion: a 258-byte match costs at least 2
+ * bits, so no stream inflates to more than 1032 times its size (zlib's
+ * technical notes, madler/zlib: "the limit is 1032:1"). An entry declaring
+ * more is a zip bomb or corrupt, and is refused before anything is allocated.
+ */
+export const MAX_DEFLATE_RATIO = 1032;
+
 let crcTable: Uint32Array | undefined;
 
 /** CRC-32 (zlib's when Node has it, ≥ 20.15). */
@@ -113,16 +121,22 @@ export class ZipFile {
     return start;
   }
 
-  /** The whole (inflated) content of an entry, CRC-checked. */
+  /** The whole (inflated) content of an entry, CRC-checked; never more than the directory declares. */
   read(e: ZipEntry): Buffer {
+    const start = this.dataOffset(e); // checks the data lies in the file before allocating for it
     const raw = Buffer.allocUnsafe(e.compressedSize);
-    this.readAt(raw, this.dataOffset(e), e.name);
+    this.readAt(raw, start, e.name);
     let out: Buffer;
     if (e.method === 0) out = raw;
     else {
       try {
         out = zlib.inflateRawSync(raw, { maxOutputLength: Math.max(e.size, 1) });
       } catch (err) {
+        if ((err as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
+          throw new ZipError(
+            `${this.path}: entry ${e.name}: inflates to more than the ${e.size} bytes the directory declares (corrupt or a zip bomb)`,
+          );
+        }
         throw new ZipError(`${this.path}: entry ${e.name}: corrupt deflate data (${(err as Error).message})`);
       }
     }
@@ -208,6 +222,7 @@ export class ZipFile {
     this.readAt(cd, cdOffset, "central directory");
     const v = new DataView(cd.buffer, cd.byteOffset, cd.byteLength);
     let pos = 0;
+    const spans: { name: string; start: number; end: number }[] = [];
     for (let n = 0; n < count; n++) {
       if (pos + 46 > cdSize || v.getUint32(pos, true) !== CENTRAL) {
         throw new ZipError(`${p}: corrupt central directory (entry ${n} of ${count})`);
@@ -248,6 +263,12 @@ export class ZipFile {
       if (method !== 0 && method !== 8)
         throw new ZipError(`${p}: entry ${name}: compression method ${method} is not supported`);
       if (method === 0 && csize !== usize) throw new ZipError(`${p}: entry ${name}: stored but sizes differ`);
+      if (method === 8 && usize > csize * MAX_DEFLATE_RATIO) {
+        throw new ZipError(
+          `${p}: entry ${name} declares ${usize} bytes inflated from ${csize}: more than DEFLATE can produce ` +
+            `(at most ${MAX_DEFLATE_RATIO}:1; corrupt or a zip bomb)`,
+        );
+      }
       if (offset + 30 + csize > cdOffset)
         throw new ZipError(`${p}: entry ${name}: data overlaps the central directory (corrupt)`);
       if (this.#entries.has(name)) throw new ZipError(`${p}: duplicate entry ${name}`);
@@ -259,7 +280,21 @@ export class ZipFile {
         crc32: crc,
         localHeaderOffset: offset,
       });
+      spans.push({ name, start: offset, end: offset + 30 + nameLen + csize });
       pos = end;
+    }
+    // Entries may not share bytes: overlapping entries are how a small zip
+    // declares far more data than it holds (D. Fifield, "A better zip bomb").
+    // With this and the DEFLATE bound, everything inflated is at most
+    // MAX_DEFLATE_RATIO times the file. The local extra field's length is
+    // not known here, so `end` is a lower bound: no false alarms.
+    spans.sort((a, b) => a.start - b.start);
+    for (let i = 1; i < spans.length; i++) {
+      if (spans[i].start < spans[i - 1].end) {
+        throw new ZipError(
+          `${p}: entries ${spans[i - 1].name} and ${spans[i].name} overlap in the file (corrupt or a zip bomb)`,
+        );
+      }
     }
   }
 }

@@ -82,8 +82,11 @@ function describe(kind: FileKind, keys: string[], info: TensorSource["info"]): s
     }
     case "embedding": {
       const k = keys.find((x) => x === "emb_params" || x === "string_to_param.*") ?? keys[0];
-      const [n, width] = info(k).shape;
-      return `textual inversion embedding: ${n} vector(s) of width ${width}`;
+      const shape = info(k).shape;
+      // [vectors, width] as A1111 saves it; a single [width] vector as diffusers' learned_embeds.
+      if (shape.length === 2) return `textual inversion embedding: ${shape[0]} vector(s) of width ${shape[1]}`;
+      if (shape.length === 1) return `textual inversion embedding: 1 vector of width ${shape[0]}`;
+      return `one tensor of shape [${shape.join(", ")}] (not an embedding's [vectors, width])`;
     }
     case "hypernetwork":
       return "hypernetwork";
@@ -119,8 +122,15 @@ export function inspectFile(path: string, o: { scan?: boolean } = {}): InspectRe
       report.parameters += n;
       report.bytes += n * BYTES[dtype];
       report.dtypes[dtype] = (report.dtypes[dtype] ?? 0) + 1;
-      if (o.scan !== false && isFloating(dtype) && n > 0) {
-        const finite = noGrad(() => scope(() => isfinite(src.get(k)).sum().item()));
+      // Every tensor is read, not only floating ones: reading checks that a
+      // BOOL holds only 0/1 and that the data is where the header says.
+      if (o.scan !== false && n > 0) {
+        const finite = noGrad(() =>
+          scope(() => {
+            const t = src.get(k);
+            return isFloating(dtype) ? isfinite(t).sum().item() : n;
+          }),
+        );
         if (finite < n) report.problems.push(`${k}: ${n - finite} non-finite value(s)`);
       }
     }

@@ -179,6 +179,10 @@ export function coreSchema(specs: readonly MethodSummary[]) {
     cache_latents: f.bool({ default: true, doc: "encode images with the VAE once, before training" }),
     gradient_checkpointing: f.bool({ default: false, doc: "recompute activations in backward to save memory" }),
     max_grad_norm: f.number({ min: 0, default: 1, doc: "gradient norm clipping; 0 = none" }),
+    on_nan: f.oneOf(["stop", "skip"] as const, {
+      default: "stop",
+      doc: "a NaN/Inf loss or gradient: stop (the newest saved state stays good) or skip that step's update",
+    }),
     ema_decay: f.number({
       min: 0,
       below: 1,

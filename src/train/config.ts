@@ -115,6 +115,9 @@ const isTable = (v: unknown): v is Tree =>
   typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Date);
 
 function show(v: unknown): string {
+  if (v === undefined) return "nothing";
+  if (typeof v === "bigint") return `the BigInt ${v}n (use a number)`;
+  if (typeof v === "symbol" || typeof v === "function") return `a ${typeof v}`;
   if (Array.isArray(v)) return "a list";
   if (v instanceof Date) return "a date";
   if (isTable(v)) return "a table";

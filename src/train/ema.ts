@@ -1,8 +1,9 @@
 // Exponential moving average of trained weights (diffusers' EMAModel in
-// src/diffusers/training_utils.py, without its power warm-up): after the
-// optimizer step t (0-based), shadow ← shadow + (1 − d)(param − shadow) with
-// d = min(decay, (1 + t) / (10 + t)), so the average follows the weights
-// closely at first. The shapes base recipe and `ema_decay` runs share it.
+// src/diffusers/training_utils.py, get_decay without its power warm-up):
+// after the optimizer step t (0-based), shadow ← shadow + (1 − d)(param −
+// shadow) with d = 0 at t = 0 (the average starts at the weights) and
+// d = min(decay, (1 + t) / (10 + t)) after, so the average follows the
+// weights closely at first. The shapes base recipe and `ema_decay` runs share it.
 import { copy_, keep, lerp_, noGrad, type Tensor } from "../engine/index.js";
 
 export class Ema {
@@ -19,7 +20,7 @@ export class Ema {
 
   /** The decay used after optimizer step `step` (0-based). */
   decayAt(step: number): number {
-    return Math.min(this.decay, (1 + step) / (10 + step));
+    return step <= 0 ? 0 : Math.min(this.decay, (1 + step) / (10 + step));
   }
 
   update(step: number): void {

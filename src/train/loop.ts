@@ -4,7 +4,7 @@
 // LR-schedule steps and the after-step work (EMA), with the step's loss and
 // named terms averaged over its micro-batches, and its speed and ETA.
 import { autocast, type DType, scope, type Tensor } from "../engine/index.js";
-import { clipGradNorm, type GroupHyper, type LRScheduler, type Optimizer } from "../engine/optim/index.js";
+import { clipGradNorm, type GroupHyper, gradNorm, type LRScheduler, type Optimizer } from "../engine/optim/index.js";
 
 /** What one micro-batch's forward pass gives: the loss (0-d, with a graph) and named terms (null: absent here). */
 export interface MicroLoss {
@@ -25,6 +25,25 @@ export interface StepCoreOptions {
   afterStep?: (step: number) => void;
   /** Names the loop in errors ("unet", "training"). */
   name?: string;
+  /** Names of the optimizer's groups, for messages (default group 0, 1, …). */
+  groupNames?: readonly string[];
+  /**
+   * A NaN or infinite loss, loss term or gradient: `stop` throws NonFiniteError before the optimizer step
+   * (so nothing non-finite is ever stepped into the weights); `skip` drops that step's update.
+   */
+  onNonFinite?: "stop" | "skip";
+}
+
+/** A loss, loss term or gradient became NaN or infinite. */
+export class NonFiniteError extends Error {
+  override name = "NonFiniteError";
+  constructor(
+    message: string,
+    /** The 1-based step it happened in. */
+    readonly step: number,
+  ) {
+    super(message);
+  }
 }
 
 /** One optimizer step's figures: means over its micro-batches (a term over those that had it). */
@@ -33,30 +52,47 @@ export interface StepFigures {
   terms: Record<string, number | null>;
   /** The LR of the first group during the step. */
   lr: number;
+  /** Set when the step's update was dropped (onNonFinite skip): what was non-finite. */
+  skipped?: string;
 }
+
+const show = (x: number) => (Number.isNaN(x) ? "NaN" : String(x));
 
 export class StepCore {
   readonly accumulation: number;
   #micro = 0;
   #loss = 0;
   #sums = new Map<string, { sum: number; count: number }>();
+  /** What made this step non-finite (skip mode), if anything. */
+  #bad: string | null = null;
+
+  readonly #params: Tensor[];
 
   constructor(readonly o: StepCoreOptions) {
     this.accumulation = o.accumulation ?? 1;
+    this.#params = o.optimizer.paramGroups.flatMap((g) => g.params);
   }
 
-  /** Runs one micro-batch's forward (`fn`) and backward; its tensors are freed here. */
-  micro(fn: () => MicroLoss): void {
+  /**
+   * Runs one micro-batch's forward (`fn`) and backward; its tensors are freed here.
+   * `step` is the 0-based optimizer step it belongs to (for messages).
+   */
+  micro(fn: () => MicroLoss, step = 0): void {
     const figures = scope(() => {
       const a = this.o.autocast;
       const r = a ? autocast(a.device, a.dtype, fn) : fn();
-      r.loss.div(this.accumulation).backward();
+      const loss = r.loss.item();
       const terms: [string, number | null][] = Object.entries(r.terms ?? {}).map(([k, t]) => [k, t ? t.item() : null]);
-      return { loss: r.loss.item(), terms };
+      const bad = terms.filter(([, v]) => v !== null && !Number.isFinite(v));
+      const fault = !Number.isFinite(loss) || bad.length > 0;
+      // never backpropagate a non-finite loss: its gradients would reach the weights
+      if (!fault && !this.#bad) r.loss.div(this.accumulation).backward();
+      const what = fault
+        ? `the loss is ${show(loss)}${bad.length ? ` (${bad.map(([k, v]) => `${k} ${show(v!)}`).join(", ")})` : ""}`
+        : null;
+      return { loss, terms, what };
     });
-    if (!Number.isFinite(figures.loss)) {
-      throw new Error(`${this.o.name ?? "training"}: the loss became ${figures.loss} (diverged, or non-finite input)`);
-    }
+    if (figures.what) this.#fault(`${figures.what}`, step);
     this.#loss += figures.loss;
     for (const [k, v] of figures.terms) {
       const s = this.#sums.get(k) ?? { sum: 0, count: 0 };
@@ -69,6 +105,28 @@ export class StepCore {
     this.#micro++;
   }
 
+  #fault(what: string, step: number): void {
+    const message = `${this.o.name ?? "training"}: step ${step + 1}: ${what}`;
+    if ((this.o.onNonFinite ?? "stop") === "stop") {
+      this.#reset();
+      this.o.optimizer.zeroGrad();
+      throw new NonFiniteError(`${message}; the weights were not updated with it`, step + 1);
+    }
+    this.#bad ??= what;
+  }
+
+  #reset(): void {
+    this.#micro = 0;
+    this.#loss = 0;
+    this.#sums = new Map();
+    this.#bad = null;
+  }
+
+  /** Whether micro-batches ran since the last optimizer step. */
+  get pending(): boolean {
+    return this.#micro > 0;
+  }
+
   /** Whether enough micro-batches ran for an optimizer step. */
   get ready(): boolean {
     return this.#micro >= this.accumulation;
@@ -77,25 +135,44 @@ export class StepCore {
   /** Clips, steps the optimizer and the schedule, clears the gradients; `index` is the step's 0-based number. */
   step(index: number): StepFigures {
     const { optimizer, scheduler } = this.o;
-    if (this.o.maxGradNorm && this.o.maxGradNorm > 0) {
-      clipGradNorm(
-        optimizer.paramGroups.flatMap((g) => g.params),
-        this.o.maxGradNorm,
-      );
+    if (!this.#bad) {
+      const clip = this.o.maxGradNorm !== undefined && this.o.maxGradNorm > 0;
+      // with clipping, the norm the clip computes anyway tells (and it refuses to scale by a non-finite one,
+      // so the culprit can still be named); without, one extra pass over the gradients
+      let finite = true;
+      try {
+        finite = Number.isFinite(
+          clip
+            ? clipGradNorm(this.#params, this.o.maxGradNorm!, 2, { errorIfNonfinite: true })
+            : gradNorm(this.#params),
+        );
+      } catch (e) {
+        if (!/non-finite/.test((e as Error).message)) throw e;
+        finite = false;
+      }
+      if (!finite) this.#fault(this.#badGradients(), index);
     }
     const lr = optimizer.paramGroups[0].lr;
-    optimizer.step();
+    if (!this.#bad) optimizer.step();
     scheduler.step();
     optimizer.zeroGrad();
-    this.o.afterStep?.(index);
+    if (!this.#bad) this.o.afterStep?.(index);
     const n = this.#micro;
     const terms: Record<string, number | null> = {};
     for (const [k, s] of this.#sums) terms[k] = s.count ? s.sum / s.count : null;
-    const figures = { loss: this.#loss / n, terms, lr };
-    this.#micro = 0;
-    this.#loss = 0;
-    this.#sums = new Map();
+    const figures: StepFigures = { loss: this.#loss / n, terms, lr };
+    if (this.#bad) figures.skipped = this.#bad;
+    this.#reset();
     return figures;
+  }
+
+  /** Which groups' gradients are non-finite (computed only when the total is). */
+  #badGradients(): string {
+    const names = this.o.optimizer.paramGroups.map((g, i) => {
+      const norm = gradNorm(g.params);
+      return Number.isFinite(norm) ? null : `${this.o.groupNames?.[i] ?? `group ${i}`} (norm ${show(norm)})`;
+    });
+    return `the gradients of ${names.filter((x) => x !== null).join(", ") || "the parameters"} are not finite`;
   }
 }
 

@@ -27,10 +27,24 @@ export class LossLog<R extends LossRecord = StepRecord> {
 
   truncateAfter(step: number): void {
     if (!existsSync(this.path)) return;
-    const kept = readFileSync(this.path, "utf8")
-      .split("\n")
-      .filter((l) => l.trim() && (JSON.parse(l) as LossRecord).step <= step);
+    const kept = this.#lines().filter((l) => (JSON.parse(l) as LossRecord).step <= step);
     writeFileSync(this.path, kept.map((l) => `${l}\n`).join(""));
+  }
+
+  /** The log's lines; a last one cut short (a kill or a full disk mid-append) is dropped. */
+  #lines(): string[] {
+    const lines = readFileSync(this.path, "utf8")
+      .split("\n")
+      .filter((l) => l.trim());
+    const last = lines.at(-1);
+    if (last !== undefined) {
+      try {
+        JSON.parse(last);
+      } catch {
+        lines.pop();
+      }
+    }
+    return lines;
   }
 
   /** Starts the log afresh. */
@@ -44,10 +58,7 @@ export class LossLog<R extends LossRecord = StepRecord> {
 
   read(): R[] {
     if (!existsSync(this.path)) return [];
-    return readFileSync(this.path, "utf8")
-      .split("\n")
-      .filter((l) => l.trim())
-      .map((l) => JSON.parse(l) as R);
+    return this.#lines().map((l) => JSON.parse(l) as R);
   }
 }
 
@@ -70,7 +81,7 @@ export interface StepProgress {
 /** The one progress line of every loop: step, speed, loss, LR, time left — with a bar, or after the loop's name. */
 export function progressLine(e: StepProgress, name = ""): string {
   const width = 20;
-  const filled = Math.round((e.step / e.total) * width);
+  const filled = Math.max(0, Math.min(width, Math.round((e.step / e.total) * width)));
   const head = name ? `${name}: ` : `[${"#".repeat(filled)}${"-".repeat(width - filled)}] `;
   return `${head}step ${e.step}/${e.total} | ${e.itPerSec.toFixed(2)} it/s | loss ${e.loss.toFixed(4)} | lr ${e.lr.toExponential(2)} | ETA ${duration(e.etaSeconds)}`;
 }

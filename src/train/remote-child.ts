@@ -1,14 +1,17 @@
 // The child side of startTrainerProcess (remote.ts): loads the trainer (and
 // with it the addon), says "ready", runs createTrainer on the config the
 // parent sends, forwards every event and the commands, then sends the result
-// or the error and exits. It exits as soon as the parent disconnects, so a
-// parent that dies leaves no orphan run behind (the run stops after its
-// current step: the step holds the thread).
+// or the error and exits. When the parent disconnects (it died), the run is
+// stopped after its current step, saving a resumable state, and the child
+// exits: no orphan run is left behind and no work is lost.
 import type { FromTrainerProcess, ToTrainerProcess } from "./remote.js";
 import { createTrainer, type Trainer } from "./trainer.js";
 
 const send = (m: FromTrainerProcess, done?: () => void): void => {
-  if (!process.connected) return;
+  if (!process.connected) {
+    done?.();
+    return;
+  }
   process.send!(m, undefined, undefined, () => done?.());
 };
 
@@ -19,7 +22,11 @@ if (!process.send) {
 
 let trainer: Trainer | null = null;
 
-process.on("disconnect", () => process.exit(trainer ? 1 : 0));
+process.on("disconnect", () => {
+  if (trainer)
+    trainer.stop(); // the run ends after this step with a state, then the child exits
+  else process.exit(0);
+});
 
 process.on("message", (m: ToTrainerProcess) => {
   if (m.type === "command") {

@@ -2,8 +2,10 @@
 // ss_* training metadata), the resumable state and sample grids, each
 // recorded in the manifest (keep_last pruning). With EMA, artifacts and
 // samples are made from the averaged weights.
+import { readdirSync, statfsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { getRngState, type Tensor } from "../engine/index.js";
+import { all, BYTES, getRngState, isFloating, isfinite, noGrad, scope, type Tensor } from "../engine/index.js";
+import { NonFiniteError } from "./loop.js";
 import type { ArtifactKind } from "./manifest.js";
 import { EMA_PREFIX, type RunParts } from "./run-setup.js";
 import { saveSampleGrid } from "./samples.js";
@@ -43,21 +45,120 @@ export function trainMetadata(p: RunParts, progress: Progress): Record<string, s
 
 const withAverages = <T>(p: RunParts, fn: () => T): T => (p.ema ? p.ema.withAverages(fn) : fn());
 
-/** Writes the method's artifacts under `tag` and, when `state`, a resumable state; returns what was written. */
-export function writeArtifacts(p: RunParts, progress: Progress, tag: string, state: boolean): WrittenArtifact[] {
+/** The name of the first trained tensor holding a NaN or an infinity, if any. */
+function firstNonFinite(p: RunParts): string | null {
+  const tensors = new Map(p.method.namedTrainable());
+  for (const [i, t] of (p.ema?.shadow ?? []).entries()) tensors.set(`${EMA_PREFIX}${p.emaNames[i]}`, t);
+  for (const [name, t] of tensors) {
+    if (!isFloating(t.dtype)) continue;
+    if (!noGrad(() => scope(() => all(isfinite(t)).item()))) return name;
+  }
+  return null;
+}
+
+/** Writes the method's artifacts (unless `artifacts` is false) under `tag` and, when `state`, a resumable state. */
+export function writeArtifacts(
+  p: RunParts,
+  progress: Progress,
+  tag: string,
+  o: { artifacts?: boolean; state: boolean },
+): WrittenArtifact[] {
   const { c, manifest } = p;
+  // The step core never steps a non-finite gradient in; this also catches weights that came in broken.
+  const broken = firstNonFinite(p);
+  if (broken) {
+    throw new NonFiniteError(
+      `step ${progress.step}: the trained weight ${broken} is not finite; nothing was saved`,
+      progress.step,
+    );
+  }
   const out: WrittenArtifact[] = [];
   const record = (a: WrittenArtifact) => {
     manifest.add(a.path, { kind: a.kind, step: progress.step, epoch: progress.epoch, format: a.format });
     manifest.prune(a.kind, c.save.keep_last);
     out.push(a);
   };
-  const saved = withAverages(p, () =>
-    p.method.save({ outputDir: c.output_dir, tag, metadata: trainMetadata(p, progress) }),
-  );
-  for (const a of saved) record(a);
-  if (state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
+  try {
+    if (o.artifacts ?? true) {
+      const saved = withAverages(p, () =>
+        p.method.save({ outputDir: c.output_dir, tag, metadata: trainMetadata(p, progress) }),
+      );
+      for (const a of saved) record(a);
+    }
+    if (o.state) record({ kind: "state", path: saveState(p, progress, tag), format: "atelier_state" });
+  } catch (e) {
+    if (isDiskFull(e)) throw diskFull(p, progress.step, e as Error, "saving", o.state);
+    throw e;
+  }
   return out;
+}
+
+/** Bytes a file or folder takes. */
+function sizeOf(path: string): number {
+  const s = statSync(path, { throwIfNoEntry: false });
+  if (!s) return 0;
+  if (!s.isDirectory()) return s.size;
+  return readdirSync(path).reduce((n, f) => n + sizeOf(join(path, f)), 0);
+}
+
+/** Bytes in the unit that reads best (KiB … GiB). */
+const size = (n: number) => {
+  const units = ["bytes", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) [n, i] = [n / 1024, i + 1];
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+};
+
+/** Whether an error is the disk (or the quota) being full. */
+export function isDiskFull(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException | null)?.code;
+  return code === "ENOSPC" || code === "EDQUOT";
+}
+
+/** A full disk, said plainly; keeps the errno code, so callers can still tell. */
+export class DiskFullError extends Error {
+  override name = "DiskFullError";
+  readonly code: string;
+  constructor(message: string, cause: Error) {
+    super(message, { cause });
+    this.code = (cause as NodeJS.ErrnoException).code ?? "ENOSPC";
+  }
+}
+
+/** What of the run is still good: the newest state the manifest lists, else its newest file. */
+export function newestGood(p: RunParts, hint: string): string {
+  const { c, manifest } = p;
+  const state = manifest.latest("state");
+  const files = manifest.artifacts.filter((a) => a.kind !== "config" && a.kind !== "log" && a.kind !== "samples");
+  const newest = [...files].sort((a, b) => b.step - a.step)[0];
+  if (state) return `the newest complete state is ${join(c.output_dir, state.path)} (step ${state.step}): ${hint}`;
+  if (newest)
+    return `the newest complete file is ${join(c.output_dir, newest.path)} (step ${newest.step}); no resumable state was saved`;
+  return "nothing was saved before it";
+}
+
+/** The folder, the space a save takes, the free space, and what is still good. */
+export function diskFull(
+  p: RunParts,
+  step: number,
+  e: Error,
+  doing: string,
+  withState = p.c.save.state,
+): DiskFullError {
+  const { c, manifest } = p;
+  // A save takes what the newest complete save of the kinds it writes took (the trained weights' bytes before one).
+  const kinds = new Set(manifest.artifacts.map((a) => a.kind));
+  const writes = [...kinds].filter(
+    (k) => k !== "config" && k !== "log" && k !== "samples" && (k !== "state" || withState),
+  );
+  let needed = writes.reduce((n, k) => n + sizeOf(join(c.output_dir, manifest.latest(k)!.path)), 0);
+  if (needed === 0) needed = [...p.method.namedTrainable().values()].reduce((n, t) => n + t.numel * BYTES[t.dtype], 0);
+  const fs = statfsSync(c.output_dir);
+  return new DiskFullError(
+    `no space left in ${c.output_dir} while ${doing} step ${step} (${e.message}): a save takes about ` +
+      `${size(needed)}, ${size(fs.bavail * fs.bsize)} is free; ${newestGood(p, "free space and resume from it")}`,
+    e,
+  );
 }
 
 /** The state folder for `tag` (`state-step000100`), written atomically. */

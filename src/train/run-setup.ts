@@ -3,6 +3,7 @@
 // generator, class images, the method (adapter initialisation draws from the
 // noise generator), the text-embedding cache, the data, the optimizer and LR
 // schedule, the logs — and, when resuming, the saved state put back.
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Generator, manualSeed, setRngState, type Tensor } from "../engine/index.js";
 import {
@@ -13,15 +14,16 @@ import {
   type OptimizerStateDict,
   SGD,
 } from "../engine/optim/index.js";
+import { sweepStaleTemporaries } from "../formats/atomic-write.js";
 import { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
 import { NoiseSchedule } from "../schedulers/index.js";
 import { scheduleOptions, type TrainConfig, writeResolvedConfig } from "./config.js";
-import { Dataset, ensureClassImages, TextEmbeddingCache } from "./data/index.js";
+import { checkInstanceFolder, Dataset, ensureClassImages, TextEmbeddingCache } from "./data/index.js";
 import { Ema } from "./ema.js";
 import { RunManifest } from "./manifest.js";
 import { type MethodSpec, methodSpecFor, type TrainingMethod } from "./methods/index.js";
 import { LossLog } from "./progress.js";
-import { disposeTrainingState, loadTrainingState, type Progress, restoreTrainable } from "./state.js";
+import { disposeTrainingState, loadTrainingState, type Progress, readStateInfo, restoreTrainable } from "./state.js";
 import { resolveModel } from "./workspace.js";
 
 /** Key prefix of the EMA averages in a saved state's weights. */
@@ -94,7 +96,24 @@ async function prepareClassImages(c: TrainConfig, model: LoadedStableDiffusion, 
 
 /** Sets a run up (and restores its state when resuming); `dispose()` frees everything. */
 export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunParts> {
-  writeResolvedConfig(c);
+  // The inputs are checked before anything is written: a bad state, model or instance folder leaves no trace
+  // (what only the loaded data can tell — a finished epoch-based run, weights that do not fit — comes after
+  // class images and the latent cache, but before the run's own files).
+  const resumed = o.resume ? readStateInfo(o.resume) : null;
+  const spec = methodSpecFor(c);
+  if (resumed) {
+    if (resumed.extra.method !== spec.name) {
+      throw new Error(`${o.resume}: a ${String(resumed.extra.method)} state cannot resume a ${spec.name} run`);
+    }
+    const emaThen = Number(resumed.extra.ema_decay ?? 0) > 0;
+    if (emaThen !== c.ema_decay > 0) {
+      throw new Error(
+        `${o.resume}: the state was saved ${emaThen ? "with" : "without"} EMA (ema_decay ${resumed.extra.ema_decay ?? 0}), this config has ema_decay ${c.ema_decay}`,
+      );
+    }
+    if (c.max_steps > 0) refuseFinished(o.resume!, resumed.progress.step, c.max_steps);
+  }
+  for (const [i, k] of c.concepts.entries()) checkInstanceFolder(k, `concepts[${i}]`);
   manualSeed(c.seed);
   const modelPath = resolveModel(c.model, c.workspace).path;
   const model = loadStableDiffusion(modelPath, { tokenizerDir: c.tokenizer ?? undefined });
@@ -107,7 +126,6 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
   };
   try {
     await prepareClassImages(c, model, o.log);
-    const spec = methodSpecFor(c);
     const method = spec.create(c as never, { model, generator: noiseGen, log: o.log });
     owned.push(method);
     if (c.gradient_checkpointing) o.warn("gradient_checkpointing is not implemented yet: training without it");
@@ -142,8 +160,8 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
     const optimizer = makeOptimizer(c, method);
     owned.push(optimizer);
     const scheduler = new LRScheduler(optimizer, c.lr_scheduler, scheduleOptions(c, total));
-    const emaNames = c.ema_decay > 0 ? averagedNames(method, optimizer) : [];
     const named = method.namedTrainable();
+    const emaNames = c.ema_decay > 0 ? averagedNames(named, optimizer) : [];
     const ema =
       c.ema_decay > 0
         ? new Ema(
@@ -152,16 +170,23 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
           )
         : null;
     if (ema) owned.push(ema);
+    let progress: Progress = { step: 0, epoch: 0, batchInEpoch: 0 };
+    if (o.resume && resumed) {
+      refuseFinished(o.resume, resumed.progress.step, total); // epochs decide: known once the data is
+      progress = restoreRun(o.resume, { method, optimizer, scheduler, noiseGen, ema, emaNames });
+    }
+    // Now the run writes: stale temporary files of a killed save first go.
+    mkdirSync(c.output_dir, { recursive: true });
+    const swept = sweepStaleTemporaries(c.output_dir);
+    if (swept.length) o.log(`removed ${swept.length} unfinished file(s) of an interrupted save: ${swept.join(", ")}`);
+    writeResolvedConfig(c);
     const manifest = new RunManifest(c.output_dir, { method: method.name, model: c.model, total_steps: total });
     manifest.add(join(c.output_dir, "config.json"), { kind: "config", step: 0, epoch: 0, format: "json" });
     const lossLog = new LossLog(join(c.output_dir, "logs", "loss.jsonl"));
     manifest.add(lossLog.path, { kind: "log", step: 0, epoch: 0, format: "jsonl" });
-    let progress: Progress = { step: 0, epoch: 0, batchInEpoch: 0 };
-    if (o.resume) {
-      progress = restoreRun(o.resume, { method, optimizer, scheduler, noiseGen, ema, emaNames });
-      lossLog.truncateAfter(progress.step);
-      o.log(`resumed at step ${progress.step} (epoch ${progress.epoch}, batch ${progress.batchInEpoch})`);
-    }
+    // a resumed run drops what its log holds past the state; a fresh one starts the log afresh
+    lossLog.truncateAfter(progress.step);
+    if (o.resume) o.log(`resumed at step ${progress.step} (epoch ${progress.epoch}, batch ${progress.batchInEpoch})`);
     return {
       c,
       spec,
@@ -188,10 +213,18 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
   }
 }
 
+function refuseFinished(dir: string, step: number, total: number): void {
+  if (step >= total) {
+    throw new Error(
+      `${dir}: the run is finished at step ${step} (this config's last step is ${total}); raise max_steps (or epochs) to train further`,
+    );
+  }
+}
+
 /** The trainable tensors the optimizer steps, by name: what the EMA averages (buffers are not). */
-function averagedNames(method: TrainingMethod, optimizer: Optimizer<GroupHyper>): string[] {
+function averagedNames(named: Map<string, Tensor>, optimizer: Optimizer<GroupHyper>): string[] {
   const stepped = new Set(optimizer.paramGroups.flatMap((g) => g.params));
-  return [...method.namedTrainable()].filter(([, t]) => stepped.has(t)).map(([n]) => n);
+  return [...named].filter(([, t]) => stepped.has(t)).map(([n]) => n);
 }
 
 function restoreRun(
@@ -207,9 +240,6 @@ function restoreRun(
 ): Progress {
   const state = loadTrainingState(dir);
   try {
-    if (state.extra.method !== r.method.name) {
-      throw new Error(`${dir}: a ${String(state.extra.method)} state cannot resume a ${r.method.name} run`);
-    }
     const weights = new Map<string, Tensor>();
     const averages = new Map<string, Tensor>();
     for (const [k, t] of state.weights) {

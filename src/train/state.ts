@@ -64,20 +64,41 @@ export function saveTrainingState(dir: string, state: TrainingState): void {
   }
 }
 
-/** Reads a state folder; the tensors are the caller's to dispose. */
-export function loadTrainingState(dir: string): TrainingState {
+interface StateJson {
+  format: string;
+  progress: Progress;
+  optimizer: object;
+  scheduler: object;
+  extra: Record<string, unknown>;
+}
+
+/** A state folder's state.json, checked (no tensors read): what a resume checks before it writes anything. */
+export function readStateInfo(dir: string): Pick<TrainingState, "progress" | "extra"> & StateJson {
   const jsonPath = join(dir, "state.json");
+  if (!existsSync(dir)) throw new Error(`${dir}: no such training state folder`);
   if (!existsSync(jsonPath)) {
     throw new Error(`${dir}: not a training state folder (no state.json; was the save interrupted?)`);
   }
-  const json = JSON.parse(readFileSync(jsonPath, "utf8")) as {
-    format: string;
-    progress: Progress;
-    optimizer: object;
-    scheduler: object;
-    extra: Record<string, unknown>;
-  };
-  if (json.format !== FORMAT) throw new Error(`${dir}: unknown training state format '${json.format}'`);
+  let json: StateJson;
+  try {
+    json = JSON.parse(readFileSync(jsonPath, "utf8")) as StateJson;
+  } catch (e) {
+    throw new Error(`${jsonPath}: not valid JSON (${(e as Error).message})`);
+  }
+  if (json?.format !== FORMAT) throw new Error(`${dir}: unknown training state format '${json?.format}'`);
+  const p = json.progress;
+  if (!p || ![p.step, p.epoch, p.batchInEpoch].every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    throw new Error(`${jsonPath}: its progress is not a step, an epoch and a batch`);
+  }
+  for (const f of ["weights", "optimizer", "rng"]) {
+    if (!existsSync(join(dir, `${f}.safetensors`))) throw new Error(`${dir}: ${f}.safetensors is missing`);
+  }
+  return json;
+}
+
+/** Reads a state folder; the tensors are the caller's to dispose. */
+export function loadTrainingState(dir: string): TrainingState {
+  const json = readStateInfo(dir);
   const load = (name: string) => loadSafetensors(join(dir, name)).tensors;
   const weights = load("weights.safetensors");
   const optimizer = load("optimizer.safetensors");

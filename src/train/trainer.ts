@@ -4,16 +4,24 @@
 // artifact, log, warning, end) and commands between steps (stop, save now,
 // sample now). Listeners and commands are plain data, so the same API runs
 // in another process (remote.ts). `train()` is the promise-only form.
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { TrainConfig } from "./config.js";
 import { disposeBatch } from "./data/index.js";
 import { diffusionMicroLoss } from "./diffusion-step.js";
 import type { Trainer, TrainerCommand, TrainerEvent, TrainerListener, TrainerResult } from "./events.js";
-import { StepClock, StepCore } from "./loop.js";
+import { NonFiniteError, StepClock, StepCore } from "./loop.js";
 import { RunManifest } from "./manifest.js";
 import { LossLog, ProgressBar, type StepRecord } from "./progress.js";
-import { epochTag, stepTag, writeArtifacts, writeSamples } from "./run-artifacts.js";
+import {
+  DiskFullError,
+  diskFull,
+  epochTag,
+  isDiskFull,
+  newestGood,
+  stepTag,
+  writeArtifacts,
+  writeSamples,
+} from "./run-artifacts.js";
 import { openRun, type RunParts } from "./run-setup.js";
 import type { Progress } from "./state.js";
 
@@ -31,6 +39,9 @@ export function createTrainer(config: TrainConfig, o: CreateTrainerOptions = {})
   return new LocalTrainer(config, o);
 }
 
+/** With on_nan skip, this many non-finite steps in a row end the run: the weights or the data are broken. */
+export const MAX_SKIPPED_IN_A_ROW = 5;
+
 /** Lets timers, I/O and commands in between two steps (a step itself holds the thread). */
 const yieldToEventLoop = () => new Promise<void>((r) => setImmediate(r));
 
@@ -38,12 +49,16 @@ class LocalTrainer implements Trainer {
   readonly #listeners = new Set<TrainerListener>();
   readonly #pending = new Set<TrainerCommand>();
   #running: Promise<TrainerResult> | null = null;
+  /** The last step done, for messages. */
+  #step = 0;
+
+  readonly #onAbort = () => this.stop();
 
   constructor(
     readonly config: TrainConfig,
     readonly o: CreateTrainerOptions,
   ) {
-    o.signal?.addEventListener("abort", () => this.stop(), { once: true });
+    o.signal?.addEventListener("abort", this.#onAbort, { once: true });
     if (o.signal?.aborted) this.stop();
   }
 
@@ -78,17 +93,24 @@ class LocalTrainer implements Trainer {
   }
 
   async #run(): Promise<TrainerResult> {
-    const c = this.config;
-    mkdirSync(c.output_dir, { recursive: true });
-    const p = await openRun(c, {
-      resume: this.o.resume,
-      log: (message) => this.#emit({ type: "log", message }),
-      warn: (message) => this.#emit({ type: "warning", message }),
-    });
     try {
-      return await this.#loop(p);
+      const p = await openRun(this.config, {
+        resume: this.o.resume,
+        log: (message) => this.#emit({ type: "log", message }),
+        warn: (message) => this.#emit({ type: "warning", message }),
+      });
+      try {
+        return await this.#loop(p);
+      } catch (e) {
+        if (e instanceof NonFiniteError) throw withNewestGood(e, p);
+        // the loss log or the manifest can meet a full disk before a save does
+        if (isDiskFull(e) && !(e instanceof DiskFullError)) throw diskFull(p, this.#step, e as Error, "writing");
+        throw e;
+      } finally {
+        p.dispose();
+      }
     } finally {
-      p.dispose();
+      this.o.signal?.removeEventListener("abort", this.#onAbort);
     }
   }
 
@@ -102,74 +124,118 @@ class LocalTrainer implements Trainer {
       accumulation: c.gradient_accumulation,
       maxGradNorm: c.max_grad_norm,
       autocast: p.autocast,
+      onNonFinite: c.on_nan,
+      groupNames: p.method.groups().map((g) => g.name),
       afterStep: (i) => {
         p.method.afterStep?.(i);
         p.ema?.update(i);
       },
     });
     const clock = new StepClock(total, progress.step);
-    const save = (tag: string, state: boolean) => {
-      for (const a of writeArtifacts(p, progress, tag, state))
+    // What was written at which step: a command right after a scheduled save or sample repeats nothing.
+    let saved = { step: -1, state: false, artifacts: false };
+    let sampledAt = -1;
+    let stateDir: string | null = null;
+    const save = (tag: string, o: { state: boolean; artifacts?: boolean }) => {
+      const again = saved.step === progress.step;
+      const artifacts = (o.artifacts ?? true) && !(again && saved.artifacts);
+      const state = o.state && !(again && saved.state);
+      if (!artifacts && !state) return;
+      for (const a of writeArtifacts(p, progress, tag, { artifacts, state })) {
+        if (a.kind === "state") stateDir = a.path;
         this.#emit({ type: "artifact", step: progress.step, ...a });
+      }
+      saved = {
+        step: progress.step,
+        state: state || (again && saved.state),
+        artifacts: artifacts || (again && saved.artifacts),
+      };
     };
     const sample = () => {
+      if (sampledAt === progress.step) return;
+      sampledAt = progress.step;
       const path = writeSamples(p, progress);
       if (path) this.#emit({ type: "sample", step: progress.step, path });
       else this.#emit({ type: "warning", message: "no sample image written: sample.prompts is empty" });
     };
-    let stopped = false;
-    outer: for (let epoch = progress.epoch; ; epoch++) {
-      if (c.max_steps <= 0 && epoch >= c.epochs) break;
-      let batchIndex = epoch === progress.epoch ? progress.batchInEpoch : 0;
-      for await (const batch of p.dataset.epochBatches(epoch, { startStep: batchIndex })) {
-        try {
-          core.micro(() => diffusionMicroLoss(p, batch));
-        } finally {
-          disposeBatch(batch);
+    let skippedInARow = 0;
+    /** Finishes an optimizer step: records it, tells the listeners, samples and saves on schedule. */
+    const finishStep = (epoch: number, batchIndex: number) => {
+      const figures = core.step(progress.step);
+      progress = { step: progress.step + 1, epoch, batchInEpoch: batchIndex };
+      this.#step = progress.step;
+      if (figures.skipped) {
+        skippedInARow++;
+        this.#emit({ type: "warning", message: `step ${progress.step}: ${figures.skipped}; its update was skipped` });
+        if (skippedInARow >= MAX_SKIPPED_IN_A_ROW) {
+          throw new NonFiniteError(
+            `${skippedInARow} steps in a row were not finite (the last: ${figures.skipped}): the weights or the data are broken`,
+            progress.step,
+          );
         }
-        batchIndex++;
-        if (!core.ready) continue;
-        const figures = core.step(progress.step);
-        progress = { step: progress.step + 1, epoch, batchInEpoch: batchIndex };
-        const record: StepRecord = {
+      } else {
+        skippedInARow = 0;
+        p.lossLog.append({
           step: progress.step,
           epoch,
           loss: figures.loss,
           ...figures.terms,
           lr: figures.lr,
-        } as StepRecord;
-        p.lossLog.append(record);
-        const { itPerSec, etaSeconds } = clock.at(progress.step);
-        this.#emit({ type: "step", step: progress.step, total, epoch, ...figures, itPerSec, etaSeconds });
-        if (c.sample.every_n_steps > 0 && progress.step % c.sample.every_n_steps === 0) sample();
-        const last = progress.step >= total;
-        if (!last && c.save.every_n_steps > 0 && progress.step % c.save.every_n_steps === 0) {
-          save(stepTag(progress.step), c.save.state);
+        } as StepRecord);
+      }
+      const { itPerSec, etaSeconds } = clock.at(progress.step);
+      this.#emit({ type: "step", step: progress.step, total, epoch, ...figures, itPerSec, etaSeconds });
+      if (c.sample.every_n_steps > 0 && progress.step % c.sample.every_n_steps === 0) sample();
+      if (progress.step < total && c.save.every_n_steps > 0 && progress.step % c.save.every_n_steps === 0) {
+        save(stepTag(progress.step), { state: c.save.state });
+      }
+    };
+    // A stop that came during set-up: nothing trained, nothing to save.
+    let stopped = this.#take("stop");
+    outer: for (let epoch = progress.epoch; !stopped; epoch++) {
+      if (c.max_steps <= 0 && epoch >= c.epochs) break;
+      let batchIndex = epoch === progress.epoch ? progress.batchInEpoch : 0;
+      for await (const batch of p.dataset.epochBatches(epoch, { startStep: batchIndex })) {
+        try {
+          core.micro(() => diffusionMicroLoss(p, batch), progress.step);
+        } finally {
+          disposeBatch(batch);
         }
-        if (last) break outer;
+        batchIndex++;
+        if (!core.ready) continue;
+        finishStep(epoch, batchIndex);
+        if (progress.step >= total) break outer;
         await yieldToEventLoop();
         if (this.#take("sample")) sample();
-        if (this.#take("save")) save(stepTag(progress.step), c.save.state);
+        if (this.#take("save")) save(stepTag(progress.step), { state: c.save.state });
         if (this.#take("stop")) {
           stopped = true;
           break outer;
         }
       }
+      // An epoch's last micro-batches make a step of their own (accelerate syncs at the end of the data).
+      if (core.pending) {
+        finishStep(epoch, batchIndex);
+        if (progress.step >= total) break;
+      }
       // the epoch is done: the next one starts at its first batch
       progress = { ...progress, epoch: epoch + 1, batchInEpoch: 0 };
       const epochsDone = epoch + 1;
       if (c.save.every_n_epochs > 0 && epochsDone % c.save.every_n_epochs === 0 && progress.step < total) {
-        save(epochTag(epochsDone), c.save.state);
+        save(epochTag(epochsDone), { state: c.save.state });
       }
     }
     let resumeFrom: string | null = null;
     if (stopped) {
-      // A stop always leaves a resumable state, whatever save.state says.
-      save(stepTag(progress.step), true);
-      resumeFrom = join(c.output_dir, `state${stepTag(progress.step)}`);
+      // A stop always leaves a resumable state, whatever save.state says (none when nothing trained).
+      if (progress.step > p.progress.step) {
+        save(stepTag(progress.step), { state: true });
+        resumeFrom = stateDir;
+      } else resumeFrom = this.o.resume ?? null;
     } else {
-      save("", c.save.state);
-      if (c.sample.every_n_steps > 0 && progress.step % c.sample.every_n_steps !== 0) sample();
+      save("", { state: c.save.state });
+      const due = c.sample.every_n_steps > 0 && progress.step % c.sample.every_n_steps !== 0;
+      if (due || this.#take("sample")) sample();
     }
     const result: TrainerResult = {
       reason: stopped ? "stopped" : "done",
@@ -180,6 +246,13 @@ class LocalTrainer implements Trainer {
     this.#emit({ type: "end", ...result });
     return result;
   }
+}
+
+/** The error, saying what of the run is still good: the newest state and artifacts the manifest lists. */
+function withNewestGood(e: NonFiniteError, p: RunParts): NonFiniteError {
+  const out = new NonFiniteError(`${e.message}; ${newestGood(p, "resume from it with a lower learning_rate")}`, e.step);
+  out.stack = e.stack;
+  return out;
 }
 
 // ---- the promise-only form ----------------------------------------------------------------

@@ -3,8 +3,7 @@
 // become kohya modules with the right alpha; what cannot be applied is refused
 // by name.
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { disposeLoraFile, type LoraFile, loadLoraFile } from "../../src/adapters/lora-file.js";
@@ -13,11 +12,11 @@ import { full, Generator, randn, scope, type Tensor } from "../../src/engine/ind
 import { saveSafetensors } from "../../src/formats/safetensors.js";
 import { ClipTextModel, tinyTextConfig } from "../../src/models/clip/index.js";
 import { UNet2DConditionModel } from "../../src/models/unet/index.js";
-import { checkLeaks } from "../helpers.js";
+import { checkLeaks, tempDir } from "../helpers.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-lora-files-"));
+const dir = tempDir("atelier-lora-files-");
 let counter = 0;
 
 /** Writes a safetensors file of random tensors with these shapes (0-d: the value given as [[v]]). */

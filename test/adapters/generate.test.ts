@@ -3,8 +3,7 @@
 // the formula W + m·(alpha/r)·up@down; several LoRAs add up; the model is
 // restored afterwards; a missing name is an error listing where it looked.
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { injectLora, saveLora } from "../../src/adapters/network.js";
@@ -16,7 +15,7 @@ import { ClipTextModel, ClipTokenizer } from "../../src/models/clip/index.js";
 import { UNet2DConditionModel } from "../../src/models/unet/index.js";
 import { AutoencoderKL } from "../../src/models/vae/index.js";
 import { SD15_SCHEDULER_CONFIG } from "../../src/schedulers/index.js";
-import { assertClose, checkLeaks, sharedFixture } from "../helpers.js";
+import { assertClose, checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 import { TINY_TEXT_CONFIG } from "../tiny-model.js";
 
 checkLeaks();
@@ -55,7 +54,7 @@ function disposeModel(m: StableDiffusion): void {
   m.textEncoder.dispose();
 }
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-lora-gen-"));
+const dir = tempDir("atelier-lora-gen-");
 const loraDir = join(dir, "Lora");
 mkdirSync(join(loraDir, "styles"), { recursive: true });
 

@@ -2,8 +2,6 @@
 // (the base stays bit-identical), save → load round trip of kohya files,
 // merged == bypass, multipliers, stacking and removal.
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { disposeLoraFile, loadLoraFile } from "../../src/adapters/lora-file.js";
@@ -24,11 +22,11 @@ import {
 import { inspectSafetensors } from "../../src/formats/safetensors.js";
 import { ClipTextModel, tinyTextConfig } from "../../src/models/clip/index.js";
 import { UNet2DConditionModel } from "../../src/models/unet/index.js";
-import { assertClose, checkLeaks } from "../helpers.js";
+import { assertClose, checkLeaks, tempDir } from "../helpers.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-lora-"));
+const dir = tempDir("atelier-lora-");
 
 interface Tiny {
   unet: UNet2DConditionModel;

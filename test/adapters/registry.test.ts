@@ -3,8 +3,7 @@
 // method is one file (here a toy method defined below) plus one line in the
 // registry's list: detection, injection, saving, inspect and loading follow.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { AdapterMethod, AdapterTarget, Layer } from "../../src/adapters/adapter.js";
@@ -21,11 +20,11 @@ import { inspectSafetensors, openSafetensors } from "../../src/formats/safetenso
 import { ClipTextModel, tinyTextConfig } from "../../src/models/clip/index.js";
 import { UNet2DConditionModel } from "../../src/models/unet/index.js";
 import { fileKind } from "../../src/tools/inspect.js";
-import { assertClose, checkLeaks, repoRoot, sharedFixture } from "../helpers.js";
+import { assertClose, checkLeaks, repoRoot, sharedFixture, tempDir } from "../helpers.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-registry-"));
+const dir = tempDir("atelier-registry-");
 const realworld = (p: string) => join(repoRoot, "..", "shared", "realworld", p);
 const present = existsSync(realworld("README.md"));
 

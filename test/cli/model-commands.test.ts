@@ -1,8 +1,7 @@
 // atelier generate / convert / inspect end to end on a tiny checkpoint that the
 // test writes itself, plus bad input: every failure names its cause.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { injectLora, saveLora } from "../../src/adapters/network.js";
@@ -12,12 +11,12 @@ import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { ClipTextModel } from "../../src/models/clip/index.js";
 import { UNet2DConditionModel } from "../../src/models/unet/index.js";
 import { cli } from "../cli-helper.js";
-import { checkLeaks, sharedFixture } from "../helpers.js";
+import { checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 import { TINY_TEXT_CONFIG, writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-cli-"));
+const dir = tempDir("atelier-cli-");
 const ckpt = join(dir, "tiny.safetensors");
 const tokenizer = sharedFixture("tokenizer");
 
@@ -58,6 +57,7 @@ const gen = (seed: number, name: string, ...more: string[]) =>
 test("generate: same seed gives the same latent, another seed another; PNGs carry A1111 parameters", async () => {
   const a = await gen(7, "a");
   assert.equal(a.code, 0, a.err);
+  assert.match(a.err, /^step 1\/3\n\s*step 2\/3\n\s*step 3\/3/m, "not a terminal: one line per step");
   const b = await gen(7, "b");
   const c = await gen(8, "c");
   assert.equal(b.code + c.code, 0);

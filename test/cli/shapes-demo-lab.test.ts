@@ -2,13 +2,13 @@
 // missing inputs with an exit code and a message naming what was wrong,
 // before any training starts (the runs themselves: test/demo, test/shapes).
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { cli } from "../cli-helper.js";
+import { tempDir } from "../helpers.js";
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-cli-shapes-"));
+const dir = tempDir("atelier-cli-shapes-");
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 test("demo and lab: bad flags exit 2 and name the flag", async () => {

@@ -6,20 +6,19 @@
 // so the margins are the trained models' own shares: the full demo measured
 // 0.38 (Dreambooth) and 0.19 (LoCon) on 24 and 16 samples.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { evalTable, runDemo } from "../../src/demo/demo.js";
 import type { Scores } from "../../src/eval/score.js";
 import { shapesBasePath } from "../../src/shapes/base-path.js";
-import { checkLeaks } from "../helpers.js";
+import { checkLeaks, tempDir } from "../helpers.js";
 
 const STEPS = 300;
 const SAMPLES = 16;
 let evalJson: { models: Record<string, { evaluated: Scores; base: Scores }> } | undefined;
 
-const root = mkdtempSync(join(tmpdir(), "atelier-demo-"));
+const root = tempDir("atelier-demo-");
 after(() => rmSync(root, { recursive: true, force: true }));
 checkLeaks();
 

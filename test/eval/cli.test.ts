@@ -1,17 +1,16 @@
 // atelier eval from the command line: usage errors exit 2 and name the flag,
 // a missing base model names its path, and a whole run on a tiny checkpoint.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { cli } from "../cli-helper.js";
-import { checkLeaks, sharedFixture } from "../helpers.js";
+import { checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 import { writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-eval-cli-"));
+const dir = tempDir("atelier-eval-cli-");
 const ckpt = join(dir, "tiny.safetensors");
 before(() => writeTinyCheckpoint(ckpt, 5));
 after(() => rmSync(dir, { recursive: true, force: true }));

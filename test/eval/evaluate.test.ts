@@ -1,8 +1,7 @@
 // evaluate() end to end on tiny random models: the report's shape, the same
 // seeds for both models, a LoRA attached and taken off again, no leaks.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { injectLora, saveLora } from "../../src/adapters/network.js";
@@ -11,14 +10,14 @@ import { type EvalReport, evaluate, evaluateModel, reportJson } from "../../src/
 import { defaultSubject, parseSubjectSpec, resolveSubject } from "../../src/eval/subject.js";
 import { formatEvalTable } from "../../src/eval/table.js";
 import { disposeStableDiffusion } from "../../src/models/stable-diffusion.js";
-import { checkLeaks } from "../helpers.js";
+import { checkLeaks, tempDir } from "../helpers.js";
 import { tinyStableDiffusion } from "../tiny-model.js";
 
 checkLeaks();
 
 const base = tinyStableDiffusion(3);
 const tuned = tinyStableDiffusion(4);
-const dir = mkdtempSync(join(tmpdir(), "atelier-eval-"));
+const dir = tempDir("atelier-eval-");
 after(() => {
   disposeStableDiffusion(base);
   disposeStableDiffusion(tuned);

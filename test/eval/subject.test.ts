@@ -1,7 +1,6 @@
 // Subject specs and the signature read from instance images.
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import sharp from "sharp";
@@ -14,8 +13,9 @@ import {
   signatureFromImages,
 } from "../../src/eval/subject.js";
 import { generateSubject, generateWorld, renderScene, writeSceneFolder } from "../../src/shapes/world.js";
+import { tempDir } from "../helpers.js";
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-eval-subject-"));
+const dir = tempDir("atelier-eval-subject-");
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 test("the default subject is the shapes world's yellow star with a red dot, as sks", () => {

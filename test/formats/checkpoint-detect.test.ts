@@ -2,15 +2,14 @@
 // refused: truncated and corrupt files, files that are not SD checkpoints
 // (the shared real-world files), incomplete state dicts, and failed saves.
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { disposeAll, scope, type Tensor } from "../../src/engine/index.js";
 import { CheckpointError, loadCheckpoint, saveCheckpoint } from "../../src/formats/checkpoint.js";
 import { predictionFromYaml, vPredictionByNormStd } from "../../src/formats/checkpoint-detect.js";
 import { loadSafetensors, saveSafetensors } from "../../src/formats/safetensors.js";
-import { checkLeaks, repoRoot } from "../helpers.js";
+import { checkLeaks, repoRoot, tempDir } from "../helpers.js";
 import {
   assertSameTensors,
   ckptBytes,
@@ -23,7 +22,7 @@ import {
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-detect-"));
+const dir = tempDir("atelier-detect-");
 after(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 const tmp = (name: string) => join(dir, `${n++}-${name}`);

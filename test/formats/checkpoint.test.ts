@@ -3,14 +3,13 @@
 // fp16; .ckpt with Lightning wrapper, schedule buffers and EMA; shards, .bin
 // and variants in diffusers folders.
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { disposeAll, scope, type Tensor } from "../../src/engine/index.js";
 import { loadCheckpoint, saveCheckpoint } from "../../src/formats/checkpoint.js";
 import { inspectSafetensors, loadSafetensors, saveSafetensors } from "../../src/formats/safetensors.js";
-import { checkLeaks, sharedFixture } from "../helpers.js";
+import { checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 import {
   assertSameTensors,
   ckptBytes,
@@ -22,7 +21,7 @@ import {
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-checkpoint-"));
+const dir = tempDir("atelier-checkpoint-");
 after(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 const tmp = (name: string) => join(dir, `${n++}-${name}`);

@@ -2,19 +2,18 @@
 // scripts/record-ckpt-fixtures.py), pickles and archives built by hand here,
 // malicious pickles (refused, nothing runs), and broken files.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { disposeAll, scope, Tensor } from "../../src/engine/index.js";
 import { CkptError, loadCkpt, loadTorchFile, openCkpt } from "../../src/formats/ckpt.js";
 import { ALLOWED_GLOBALS, PickleError, unpickle } from "../../src/formats/pickle.js";
-import { checkLeaks, repoRoot, testFixture } from "../helpers.js";
+import { checkLeaks, repoRoot, tempDir, testFixture } from "../helpers.js";
 import { bytesOf, PickleWriter, stateDictPickle, torchZip, writeZip } from "./torch-builder.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-ckpt-"));
+const dir = tempDir("atelier-ckpt-");
 after(() => rmSync(dir, { recursive: true, force: true }));
 const realworld = (p: string) => join(repoRoot, "..", "shared", "realworld", p);
 let n = 0;

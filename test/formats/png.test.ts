@@ -1,8 +1,10 @@
-// PNG writing: valid chunks and CRCs, pixels that decode back, A1111's parameters text.
+// PNG writing: valid chunks and CRCs, pixels that decode back, A1111's parameters text;
+// reading text chunks back within size limits.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { inflateSync } from "node:zlib";
-import { a1111Parameters, encodePng, readPngText } from "../../src/formats/png.js";
+import { deflateSync, inflateSync } from "node:zlib";
+import { a1111Parameters, encodePng, MAX_TEXT_CHUNK, MAX_TEXT_MEMORY, readPngText } from "../../src/formats/png.js";
+import { crc32 } from "../../src/formats/zip.js";
 
 function decodeRgb(png: Buffer): { width: number; height: number; pixels: Buffer } {
   let pos = 8;
@@ -61,4 +63,64 @@ test("bad input is refused with a clear error", () => {
   assert.throws(() => readPngText(Buffer.from("GIF89a")), /not a PNG/);
   const png = encodePng({ width: 1, height: 1, channels: 3, data: new Uint8Array(3) }, { parameters: "x" });
   assert.throws(() => readPngText(png.subarray(0, 30)), /runs past the end/);
+});
+
+/** A PNG of one pixel with `chunks` (type, body) inserted before IEND. */
+function pngWith(chunks: [string, Buffer][]): Buffer {
+  const png = encodePng({ width: 1, height: 1, channels: 3, data: new Uint8Array(3) });
+  const parts = chunks.map(([type, body]) => {
+    const head = Buffer.alloc(8);
+    head.writeUInt32BE(body.length, 0);
+    head.write(type, 4, "latin1");
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), body])), 0);
+    return Buffer.concat([head, body, crc]);
+  });
+  return Buffer.concat([png.subarray(0, png.length - 12), ...parts, png.subarray(png.length - 12)]);
+}
+
+const latin1 = (s: string) => Buffer.from(s, "latin1");
+
+test("text chunks are inflated within Pillow's limits: 1 MiB a chunk, 64 MiB in all", () => {
+  const bomb = deflateSync(Buffer.alloc(MAX_TEXT_CHUNK + 1, 0x61));
+  assert.ok(bomb.length < 4096, "a few KB");
+  const z = pngWith([["zTXt", Buffer.concat([latin1("parameters\0\0"), bomb])]]);
+  assert.throws(
+    () => readPngText(z, "a.png"),
+    /^Error: a\.png: chunk zTXt "parameters" inflates to more than 1048576 bytes \(the text chunk limit\)/,
+  );
+  const i = pngWith([["iTXt", Buffer.concat([latin1("parameters\0\x01\0en\0\0"), bomb])]]);
+  assert.throws(() => readPngText(i), /chunk iTXt "parameters" inflates to more than 1048576 bytes/);
+  // Exactly at the limit is fine; 65 such chunks are not.
+  const full = deflateSync(Buffer.alloc(MAX_TEXT_CHUNK, 0x62));
+  assert.equal(readPngText(pngWith([["zTXt", Buffer.concat([latin1("k\0\0"), full])]])).k.length, MAX_TEXT_CHUNK);
+  const many = pngWith(
+    Array.from({ length: 65 }, (_, n) => ["zTXt", Buffer.concat([latin1(`k${n}\0\0`), full])] as [string, Buffer]),
+  );
+  assert.throws(() => readPngText(many), /text chunks hold more than 67108864 bytes \(at zTXt "k64"\)/);
+  assert.ok(MAX_TEXT_MEMORY === 64 * MAX_TEXT_CHUNK);
+});
+
+test("malformed chunks are refused, not misread", () => {
+  // iTXt without its language tag / translated keyword terminators.
+  assert.throws(
+    () => readPngText(pngWith([["iTXt", latin1("parameters\0\0\0en")]])),
+    /chunk iTXt "parameters" is truncated/,
+  );
+  assert.throws(() => readPngText(pngWith([["zTXt", latin1("k\0\x05xx")]])), /unknown compression method 5/);
+  assert.throws(
+    () => readPngText(pngWith([["zTXt", latin1("k\0\0garbage")]])),
+    /chunk zTXt "k": corrupt compressed text/,
+  );
+  const png = pngWith([["tEXt", latin1("k\0v")]]);
+  const huge = Buffer.from(png);
+  huge.writeUInt32BE(0x80000000, 33); // the first chunk after IHDR
+  assert.throws(
+    () => readPngText(huge),
+    /chunk [A-Za-z]{4} claims 2147483648 bytes \(the format's limit is 2147483647\)/,
+  );
+  const badType = Buffer.from(png);
+  badType.write("t\0Xt", 37, "latin1");
+  assert.throws(() => readPngText(badType), /bad chunk type "t\\u0000Xt" at byte 37/);
+  assert.deepEqual(readPngText(png), { k: "v" });
 });

@@ -54,10 +54,10 @@ test("rejects headers that are not UTF-8 JSON objects", () => {
   rejects(rawFile('{"a": '), /header is not valid JSON/);
   rejects(rawFile("{} trailing"), /header is not valid JSON/);
   rejects(rawFile("[1, 2]"), /header must be a JSON object, got an array/);
-  rejects(rawFile("null"), /header must be a JSON object, got object/);
+  rejects(rawFile("null"), /header must be a JSON object, got null/);
   rejects(rawFile('"text"'), /header must be a JSON object, got string/);
-  // Deep nesting must give an error, not a stack overflow.
-  rejects(rawFile(`{"x":${"[".repeat(100_000)}${"]".repeat(100_000)}}`), /tensor "x": entry must be an object/);
+  // Deep nesting must give an error, not a stack overflow; serde_json stops at 128 levels.
+  rejects(rawFile(`{"x":${"[".repeat(100_000)}${"]".repeat(100_000)}}`), /nested deeper than 127 levels/);
 });
 
 test("rejects tensor entries with missing or wrongly typed fields", () => {
@@ -92,11 +92,11 @@ test("rejects bad offsets: reversed, out of range, overlapping, truncated data",
   );
   // A valid file whose data was cut short.
   rejects(fileOf({ a: entry("F32", [4], [0, 16]), b: entry("F32", [4], [16, 32]) }, 24), /tensor "b".*truncated/);
-  // Zero-length tensors at a boundary and gaps between tensors are fine.
+  // Zero-length tensors at a boundary are fine.
   const ok = openSafetensors(
-    fileOf({ a: entry("F32", [0], [4, 4]), b: entry("F32", [1], [4, 8]), c: entry("I8", [4], [12, 16]) }),
+    fileOf({ a: entry("F32", [0], [4, 4]), b: entry("F32", [1], [0, 4]), c: entry("I8", [12], [4, 16]) }),
   );
-  assert.deepEqual(ok.keys(), ["a", "b", "c"]);
+  assert.deepEqual(ok.keys(), ["b", "a", "c"]);
   ok.close();
 });
 
@@ -107,7 +107,7 @@ test("rejects shapes whose byte size differs from their offsets, even absurd one
   );
   rejects(
     fileOf({ a: entry("F32", [1e12, 1e12], [0, 4]) }),
-    /shape \[1000000000000,1000000000000\] of F32 needs 4000000000000000000000000 bytes/,
+    /shape \[1000000000000,1000000000000\] overflows a 64-bit element count/,
   );
   rejects(fileOf({ a: entry("F16", [2, 2, 2], [0, 8]) }), /needs 16 bytes/);
 });
@@ -138,7 +138,7 @@ test("rejects __metadata__ that is not an object of strings", () => {
   rejects(fileOf({ __metadata__: { k: { nested: "x" } } }), /__metadata__ value for "k" must be a string, got object/);
   rejects(fileOf({ __metadata__: ["x"] }), /__metadata__ must be an object of strings/);
   rejects(fileOf({ __metadata__: "x" }), /__metadata__ must be an object of strings/);
-  const f = openSafetensors(fileOf({ __metadata__: null }));
+  const f = openSafetensors(fileOf({ __metadata__: null }, 0));
   assert.deepEqual(f.metadata, {});
   f.close();
 });

@@ -30,9 +30,15 @@ export class PickleWriter {
   int(n: number): this {
     if (n >= 0 && n < 256) return this.raw(0x4b, n);
     if (n >= 0 && n < 65536) return this.raw(0x4d, n & 0xff, n >> 8);
-    const b = Buffer.alloc(4);
-    b.writeInt32LE(n);
-    return this.raw(0x4a, ...b);
+    if (n >= -(2 ** 31) && n < 2 ** 31) {
+      const b = Buffer.alloc(4);
+      b.writeInt32LE(n);
+      return this.raw(0x4a, ...b);
+    }
+    // LONG1: little-endian two's complement, 8 bytes here.
+    const b = Buffer.alloc(8);
+    b.writeBigInt64LE(BigInt(n));
+    return this.raw(0x8a, 8, ...b);
   }
   str(s: string): this {
     const b = Buffer.from(s, "utf8");
@@ -145,6 +151,10 @@ export interface ZipItem {
   name: string;
   data: Uint8Array;
   deflate?: boolean;
+  /** The uncompressed size the directory declares, when it should lie (zip bombs); ZIP64 past 4 GiB. */
+  declaredSize?: number;
+  /** Write the central record with this local header offset instead of the real one (overlapping entries). */
+  declaredOffset?: number;
 }
 
 /**
@@ -159,13 +169,16 @@ export function writeZip(items: ZipItem[], o: { zip64?: boolean } = {}): Buffer 
     const name = Buffer.from(it.name, "utf8");
     const body = it.deflate ? deflateRawSync(it.data) : Buffer.from(it.data);
     const crc = crc32(it.data);
+    const size = it.declaredSize ?? it.data.length;
+    const at = it.declaredOffset ?? offset;
+    const zip64 = o.zip64 || size > 0xfffffffe;
     const lh = Buffer.alloc(30);
     lh.writeUInt32LE(0x04034b50, 0);
     lh.writeUInt16LE(20, 4);
     lh.writeUInt16LE(it.deflate ? 8 : 0, 8);
     lh.writeUInt32LE(crc, 14);
     lh.writeUInt32LE(body.length, 18);
-    lh.writeUInt32LE(it.data.length, 22);
+    lh.writeUInt32LE(Math.min(size, 0xffffffff), 22);
     lh.writeUInt16LE(name.length, 26);
     const ch = Buffer.alloc(46);
     ch.writeUInt32LE(0x02014b50, 0);
@@ -173,18 +186,18 @@ export function writeZip(items: ZipItem[], o: { zip64?: boolean } = {}): Buffer 
     ch.writeUInt16LE(45, 6);
     ch.writeUInt16LE(it.deflate ? 8 : 0, 10);
     ch.writeUInt32LE(crc, 16);
-    ch.writeUInt32LE(o.zip64 ? 0xffffffff : body.length, 20);
-    ch.writeUInt32LE(o.zip64 ? 0xffffffff : it.data.length, 24);
+    ch.writeUInt32LE(zip64 ? 0xffffffff : body.length, 20);
+    ch.writeUInt32LE(zip64 ? 0xffffffff : size, 24);
     ch.writeUInt16LE(name.length, 28);
-    ch.writeUInt32LE(o.zip64 ? 0xffffffff : offset, 42);
+    ch.writeUInt32LE(zip64 ? 0xffffffff : at, 42);
     // ZIP64 extended information (APPNOTE 4.5.3): uncompressed size, compressed size, offset.
-    const extra = Buffer.alloc(o.zip64 ? 28 : 0);
-    if (o.zip64) {
+    const extra = Buffer.alloc(zip64 ? 28 : 0);
+    if (zip64) {
       extra.writeUInt16LE(0x0001, 0);
       extra.writeUInt16LE(24, 2);
-      extra.writeBigUInt64LE(BigInt(it.data.length), 4);
+      extra.writeBigUInt64LE(BigInt(size), 4);
       extra.writeBigUInt64LE(BigInt(body.length), 12);
-      extra.writeBigUInt64LE(BigInt(offset), 20);
+      extra.writeBigUInt64LE(BigInt(at), 20);
       ch.writeUInt16LE(extra.length, 30);
     }
     locals.push(lh, name, body);

@@ -2,13 +2,12 @@
 // ids (the shared fixtures' tokenizer/tokenizer_cases.json), its text cleaning, and
 // the order in which a tokenizer folder is found.
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { cleanText, fixText, htmlUnescape } from "../../src/models/clip/text-clean.js";
 import { ClipTokenizer, findTokenizer, hubCacheDir } from "../../src/models/clip/tokenizer.js";
-import { checkLeaks, sharedFixture } from "../helpers.js";
+import { checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 
 checkLeaks();
 
@@ -89,7 +88,7 @@ test("cleaning: ftfy subset, html.unescape twice, whitespace, lowercase", () => 
 // ---- lookup order ---------------------------------------------------------------
 
 describe("findTokenizer", () => {
-  const root = mkdtempSync(join(tmpdir(), "atelier-tok-"));
+  const root = tempDir("atelier-tok-");
   after(() => rmSync(root, { recursive: true, force: true }));
   const makeTokenizerDir = (path: string) => {
     mkdirSync(path, { recursive: true });

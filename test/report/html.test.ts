@@ -1,14 +1,14 @@
 // The HTML report: self-contained (no remote src/href, images as data: URLs),
 // loss curves as Vega SVG, escaped user text, and report.html + eval.json on disk.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { imageGrid } from "../../src/report/grid.js";
 import { escapeHtml, formatDuration, type ReportData, renderReport, writeReport } from "../../src/report/html.js";
+import { tempDir } from "../helpers.js";
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-report-"));
+const dir = tempDir("atelier-report-");
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 const losses = (n: number, offset: number) =>

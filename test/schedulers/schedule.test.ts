@@ -1,8 +1,7 @@
 // The noise schedule against diffusers 0.19.3 (betas, alphas, ᾱ, add_noise,
 // get_velocity), the config reader and the sampler factory.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import * as E from "../../src/engine/index.js";
@@ -16,7 +15,7 @@ import {
   SAMPLER_NAMES,
   SD15_SCHEDULER_CONFIG,
 } from "../../src/schedulers/index.js";
-import { assertClose, checkLeaks, sharedFixture } from "../helpers.js";
+import { assertClose, checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 
 checkLeaks();
 
@@ -102,7 +101,7 @@ test("linear and squaredcos_cap_v2 schedules", () => {
 });
 
 test("a diffusers scheduler_config.json loads as is; bad values name their field", () => {
-  const dir = mkdtempSync(join(tmpdir(), "atelier-sched-"));
+  const dir = tempDir("atelier-sched-");
   try {
     // runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json, plus a DPM field as Python writes it.
     const path = join(dir, "scheduler_config.json");

@@ -4,8 +4,7 @@
 // same configs (the recipe's head counts are the ones the LDM loader infers);
 // and a rebuild reuses the finished VAE stage.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { saveCheckpoint } from "../../src/formats/checkpoint.js";
@@ -13,11 +12,11 @@ import { disposeStableDiffusion, loadStableDiffusion } from "../../src/models/st
 import { buildBase, quickRecipe } from "../../src/shapes/base/build.js";
 import { patternedScenes } from "../../src/shapes/base/data.js";
 import { BASE_RECIPE } from "../../src/shapes/base/recipe.js";
-import { checkLeaks } from "../helpers.js";
+import { checkLeaks, tempDir } from "../helpers.js";
 
 checkLeaks();
 
-const root = mkdtempSync(join(tmpdir(), "atelier-base-"));
+const root = tempDir("atelier-base-");
 after(() => rmSync(root, { recursive: true, force: true }));
 
 const tiny = { ...quickRecipe(), scenes: 128 };

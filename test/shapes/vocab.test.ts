@@ -2,8 +2,7 @@
 // the tokenizer folder it writes, and ClipTokenizer on it (every world word one
 // token, unseen words as bytes, EOS padding to 77).
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { BOS_TOKEN, ClipTokenizer, EOS_TOKEN } from "../../src/models/clip/tokenizer.js";
@@ -20,9 +19,9 @@ import {
   writeTokenizerFiles,
 } from "../../src/shapes/vocab.js";
 import { COLOURS, caption, type Scene, SHAPES } from "../../src/shapes/world.js";
-import { sharedFixture } from "../helpers.js";
+import { sharedFixture, tempDir } from "../helpers.js";
 
-const tmp = mkdtempSync(join(tmpdir(), "atelier-vocab-"));
+const tmp = tempDir("atelier-vocab-");
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 const corpus = worldCorpus();

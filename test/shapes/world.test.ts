@@ -2,8 +2,7 @@
 // shapes inside the image, the rasteriser's areas, the subject, the folder writer.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import sharp from "sharp";
@@ -24,6 +23,7 @@ import {
   writeSceneFolder,
   writeWorldFolder,
 } from "../../src/shapes/world.js";
+import { tempDir } from "../helpers.js";
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
@@ -209,7 +209,7 @@ test("bad scenes and options are refused with a clear error", () => {
 });
 
 test("writeWorldFolder writes PNGs that decode to the rendered pixels, caption sidecars and scenes.json", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "shapes-world-"));
+  const dir = tempDir("shapes-world-");
   try {
     const entries = writeWorldFolder(dir, 5, 6);
     assert.deepEqual(readdirSync(dir).sort(), [
@@ -228,7 +228,7 @@ test("writeWorldFolder writes PNGs that decode to the rendered pixels, caption s
     assert.equal(manifest.seed, 5);
     assert.deepEqual(manifest.scenes, scenes);
     // Rewriting replaces in place; without captions no .txt is written.
-    const other = mkdtempSync(join(tmpdir(), "shapes-subject-"));
+    const other = tempDir("shapes-subject-");
     try {
       writeSceneFolder(other, generateSubject(2, 2), { captions: false });
       assert.deepEqual(readdirSync(other).sort(), ["00000.png", "00001.png", "scenes.json"]);
@@ -246,7 +246,7 @@ test("writeWorldFolder writes PNGs that decode to the rendered pixels, caption s
 });
 
 test("writeSceneFolder: per-scene captions and an image transform", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "shapes-folder-"));
+  const dir = tempDir("shapes-folder-");
   try {
     const scenes = generateWorld(6, 3);
     const invert = (img: { width: number; height: number; data: Uint8Array }, i: number) => ({

@@ -5,13 +5,12 @@
 // Dreambooth with prior preservation (class images generated), LoRA with
 // LoCon and min-SNR, Dreambooth + LoRA with the text encoder, gradient
 // accumulation and a warm-up/cosine schedule.
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { encodePng } from "../../src/formats/png.js";
 import { loadTrainConfig, type TrainConfig } from "../../src/train/config.js";
-import { sharedFixture } from "../helpers.js";
+import { sharedFixture, tempDir } from "../helpers.js";
 import { writeTinyCheckpoint } from "../tiny-model.js";
 
 export const BASELINE_FILE = join(
@@ -45,7 +44,7 @@ export interface BaselineWorld {
 
 /** A tiny checkpoint and four instance images in a fresh temporary folder. */
 export function makeBaselineWorld(): BaselineWorld {
-  const root = mkdtempSync(join(tmpdir(), "atelier-baseline-"));
+  const root = tempDir("atelier-baseline-");
   const ckpt = join(root, "base.safetensors");
   const instanceDir = join(root, "instance");
   writeTinyCheckpoint(ckpt, 5);

@@ -2,12 +2,12 @@
 // instance and class folders, an empty workspace), one config as TOML and as
 // JSON, and helpers to load configs from there and to expect a ConfigError.
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, type LoadTrainConfigOptions, loadTrainConfig, type TrainConfig } from "../../src/train/config.js";
+import { tempDir } from "../helpers.js";
 
-export const dir = mkdtempSync(join(tmpdir(), "atelier-config-"));
+export const dir = tempDir("atelier-config-");
 export const sub = join(dir, "project");
 for (const d of ["project/dog", "project/cat", "project/class", "elsewhere/imgs", "ws"]) {
   mkdirSync(join(dir, d), { recursive: true });

@@ -3,15 +3,14 @@
 // the real name.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { scope } from "../../src/engine/index.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { disposeTrainingState, loadTrainingState } from "../../src/train/state.js";
-import { checkLeaks, repoRoot } from "../helpers.js";
+import { checkLeaks, repoRoot, tempDir } from "../helpers.js";
 
 checkLeaks();
 
@@ -51,7 +50,7 @@ async function killMidWrite(target: string, kind: "file" | "state", dir: string)
 }
 
 test("SIGKILL during a safetensors checkpoint write leaves the previous file loadable", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "atelier-kill-"));
+  const dir = tempDir("atelier-kill-");
   const target = join(dir, "model.safetensors");
   for (let round = 0; round < 3; round++) {
     await killMidWrite(target, "file", dir);
@@ -68,7 +67,7 @@ test("SIGKILL during a safetensors checkpoint write leaves the previous file loa
 });
 
 test("SIGKILL during a training-state save leaves the previous state loadable", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "atelier-kill-"));
+  const dir = tempDir("atelier-kill-");
   const target = join(dir, "state-step000001");
   await killMidWrite(target, "state", dir);
   assert.ok(existsSync(join(target, "state.json")), readdirSync(dir).join(", "));

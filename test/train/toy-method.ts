@@ -21,7 +21,6 @@ export const toy = defineMethod({
     ),
   },
   formats: ["toy_safetensors"],
-  artifactName: "toy",
   defaultLearningRate: 1e-2,
   create(c, { model }) {
     model.vae.requiresGrad_(false);

@@ -2,8 +2,7 @@
 // Dreambooth with prior preservation (class images generated, loss split,
 // loss falls), resume equals an uninterrupted run, LoRA files, artifacts.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { Generator, noGrad, randn, scope, tensor } from "../../src/engine/index.js";
@@ -14,12 +13,12 @@ import { disposeStableDiffusion, loadStableDiffusion } from "../../src/models/st
 import { NoiseSchedule } from "../../src/schedulers/index.js";
 import { loadTrainConfig } from "../../src/train/config.js";
 import { train } from "../../src/train/trainer.js";
-import { checkLeaks, sharedFixture } from "../helpers.js";
+import { checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 import { writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
-const root = mkdtempSync(join(tmpdir(), "atelier-train-"));
+const root = tempDir("atelier-train-");
 const ckpt = join(root, "base.safetensors");
 const instanceDir = join(root, "instance");
 const tokenizer = sharedFixture("tokenizer");

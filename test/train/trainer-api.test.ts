@@ -142,33 +142,59 @@ test("piecewise_constant with lr_step_rules trains with the rules' learning rate
   );
 });
 
-test("ema_decay: the saved weights are the average, shadow = d·base + (1 − d)·trained with d = min(decay, 1/10) after one step", async () => {
-  const plain = await runCollecting(config("ema-off", { max_steps: 1 }));
-  const ema = await runCollecting(config("ema-on", { max_steps: 1, ema_decay: 0.999 }));
+test("ema_decay: the saved weights are diffusers EMAModel's average — after 2 steps, d·w1 + (1 − d)·w2 with d = min(decay, 2/11)", async () => {
+  const plain = await runCollecting(
+    config("ema-off", { max_steps: 2, save: { formats: ["ldm_safetensors"], every_n_steps: 1 } }),
+  );
+  const ema = await runCollecting(config("ema-on", { max_steps: 2, ema_decay: 0.999 }));
   assert.deepEqual(
     ema.steps.map((s) => s.loss),
     plain.steps.map((s) => s.loss),
     "EMA does not change training",
   );
-  const base = loadSafetensors(w.ckpt).tensors;
-  const trained = loadSafetensors(join(plain.result.outputDir, "model.safetensors")).tensors;
+  // the first update copies the weights (decay 0), the second mixes with decay (1 + 1) / (10 + 1)
+  const d = 2 / 11;
+  const w1 = loadSafetensors(join(plain.result.outputDir, "model-step000001.safetensors")).tensors;
+  const w2 = loadSafetensors(join(plain.result.outputDir, "model.safetensors")).tensors;
   const averaged = loadSafetensors(join(ema.result.outputDir, "model.safetensors")).tensors;
   try {
     let moved = 0;
     const values = (t: Tensor) => scope(() => t.float().toArray() as number[]);
-    for (const [k, t] of trained) {
+    for (const [k, t] of w2) {
       if (!k.startsWith("model.diffusion_model.")) continue;
-      const b = values(base.get(k)!);
-      const x = values(t);
+      const a = values(w1.get(k)!);
+      const b = values(t);
       const y = values(averaged.get(k)!);
-      for (let i = 0; i < x.length; i++) {
-        const want = 0.1 * b[i] + 0.9 * x[i];
+      for (let i = 0; i < b.length; i++) {
+        const want = d * a[i] + (1 - d) * b[i];
         assert.ok(Math.abs(y[i] - want) <= 1e-6 + 1e-5 * Math.abs(want), `${k}[${i}]: ${y[i]} vs ${want}`);
-        if (x[i] !== b[i]) moved++;
+        if (a[i] !== b[i]) moved++;
       }
     }
-    assert.ok(moved > 0, "training moved the UNet");
+    assert.ok(moved > 0, "the second step moved the UNet");
   } finally {
-    for (const m of [base, trained, averaged]) for (const t of m.values()) t.dispose();
+    for (const m of [w1, w2, averaged]) for (const t of m.values()) t.dispose();
   }
+});
+
+test("an epoch's last micro-batches make a step of their own: 2 epochs × ceil(4 images / 3) = 4 steps", async () => {
+  const { steps, result } = await runCollecting(
+    config("epoch-flush", {
+      max_steps: 0,
+      prior_loss_weight: 1,
+      epochs: 2,
+      gradient_accumulation: 3,
+      concepts: [{ instance_data_dir: w.instanceDir, instance_prompt: "a sks square" }],
+    }),
+  );
+  assert.equal(result.steps, 4);
+  assert.deepEqual(
+    steps.map((s) => [s.step, s.epoch, s.total]),
+    [
+      [1, 0, 4],
+      [2, 0, 4],
+      [3, 1, 4],
+      [4, 1, 4],
+    ],
+  );
 });

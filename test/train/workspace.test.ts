@@ -4,8 +4,7 @@
 // `model` in a training config resolves through the workspace.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { before, test } from "node:test";
 import { run } from "../../src/cli/main.js";
@@ -22,12 +21,12 @@ import {
   resolveModel,
   WorkspaceError,
 } from "../../src/train/workspace.js";
-import { checkLeaks, sharedFixture } from "../helpers.js";
+import { checkLeaks, sharedFixture, tempDir } from "../helpers.js";
 import { writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
-const dir = mkdtempSync(join(tmpdir(), "atelier-ws-"));
+const dir = tempDir("atelier-ws-");
 const ckpt = join(dir, "tiny.safetensors");
 const ws = join(dir, "workspace");
 const tokenizer = sharedFixture("tokenizer");

@@ -13,6 +13,26 @@ import { Tensor } from "../tensor.js";
 const normOp = defOp("aten::norm.ScalarOpt_dim");
 const pNorm = (t: Tensor, p: number): Tensor => normOp.t(t.id, p, [...t.shape.keys()], false);
 
+/** The total `normType` norm of these gradients as one vector (0-d, on the first one's device). */
+function normOf(grads: readonly Tensor[], normType: number): Tensor {
+  const device = grads[0].device;
+  if (normType === Number.POSITIVE_INFINITY) {
+    const norms = grads.map((g) => toDevice(max(abs(g)), device));
+    return norms.length === 1 ? norms[0] : max(stack(norms));
+  }
+  return pNorm(stack(grads.map((g) => toDevice(pNorm(g, normType), device))), normType);
+}
+
+/** The total 2-norm of the gradients of `params` without changing them (0 without any); NaN or Infinity when one is. */
+export function gradNorm(params: readonly Tensor[]): number {
+  return noGrad(() =>
+    scope(() => {
+      const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
+      return grads.length === 0 ? 0 : normOf(grads, 2).item();
+    }),
+  );
+}
+
 export interface ClipOptions {
   /** Throw when the total norm is NaN or infinite instead of scaling by it. */
   errorIfNonfinite?: boolean;
@@ -41,14 +61,7 @@ export function clipGradNorm(
     scope(() => {
       const grads = list.map((p) => p.grad).filter((g): g is Tensor => g !== null);
       if (grads.length === 0) return 0;
-      const device = grads[0].device;
-      let total: Tensor;
-      if (normType === Number.POSITIVE_INFINITY) {
-        const norms = grads.map((g) => toDevice(max(abs(g)), device));
-        total = norms.length === 1 ? norms[0] : max(stack(norms));
-      } else {
-        total = pNorm(stack(grads.map((g) => toDevice(pNorm(g, normType), device))), normType);
-      }
+      const total = normOf(grads, normType);
       if (o.errorIfNonfinite && !isfinite(total).item()) {
         throw new Error(
           `clipGradNorm: the total norm of order ${normType} of the gradients is non-finite, so it cannot be clipped`,

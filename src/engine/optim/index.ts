@@ -1,6 +1,6 @@
 // Optimizers, gradient clipping and learning-rate schedules.
 export { AdamW, type AdamWHyper, type AdamWOptions } from "./adamw.js";
-export { type ClipOptions, clipGradNorm } from "./clip.js";
+export { type ClipOptions, clipGradNorm, gradNorm } from "./clip.js";
 export {
   type GroupHyper,
   Optimizer,

@@ -42,6 +42,15 @@ export interface LoadedConcept {
   warnings: string[];
 }
 
+/** Whether a symbolic link leads to a folder; a broken or looping link does not (its file is skipped later, by name). */
+function linksToFolder(p: string): boolean {
+  try {
+    return statSync(p, { throwIfNoEntry: false })?.isDirectory() ?? false;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Image files in `dir` (by extension, case-insensitive), sorted by path in
  * code-point order so every machine sees the same order. Hidden files
@@ -53,7 +62,7 @@ export function scanImages(dir: string, recursive = false): string[] {
     for (const e of readdirSync(d, { withFileTypes: true })) {
       if (e.name.startsWith(".")) continue;
       const p = join(d, e.name);
-      const isDir = e.isDirectory() || (e.isSymbolicLink() && statSync(p, { throwIfNoEntry: false })?.isDirectory());
+      const isDir = e.isDirectory() || (e.isSymbolicLink() && linksToFolder(p));
       if (isDir) {
         if (recursive) walk(p);
       } else if (IMAGE_EXTENSIONS.has(extname(e.name).toLowerCase())) {
@@ -112,6 +121,15 @@ export async function checkImages(
 
 function isDirectory(dir: string): boolean {
   return statSync(dir, { throwIfNoEntry: false })?.isDirectory() ?? false;
+}
+
+/** Before anything is written: the instance folder exists and holds image files (their decoding is checked later). */
+export function checkInstanceFolder(c: ConceptConfig, what: string): void {
+  const dir = resolve(c.instance_data_dir);
+  if (!isDirectory(dir)) throw new Error(`${what}: the instance folder ${dir} does not exist or is not a folder`);
+  if (scanImages(dir).length === 0) {
+    throw new Error(`${what}: no usable images in ${dir}: no image files (${[...IMAGE_EXTENSIONS].join(" ")})`);
+  }
 }
 
 /** The class images a concept asks for: num_class_images, when it has a class folder. */

@@ -55,10 +55,36 @@ export function hashBytes(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
+/**
+ * The most pixels an image may have: 8192 × 8192 (64 megapixels), checked
+ * from its header before it is decoded, so a small file claiming a huge
+ * canvas costs nothing. Far above any training size; Pillow, which the
+ * reference trainers decode with, warns past 89 megapixels.
+ */
+export const MAX_IMAGE_PIXELS = 8192 * 8192;
+
+function tooLarge(path: string, width: number, height: number): ImageError {
+  return new ImageError(
+    path,
+    `the image is ${width}×${height} = ${width * height} pixels, more than the limit of ${MAX_IMAGE_PIXELS} ` +
+      "(64 megapixels, 8192×8192): refused before decoding",
+  );
+}
+
+/** Width and height from a BMP's BITMAPINFOHEADER (int32 at 18 and 22; bmp.ts decodes the rest). */
+function bmpSize(bytes: Uint8Array): [number, number] | undefined {
+  if (bytes.length < 26) return undefined;
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return [Math.abs(v.getInt32(18, true)), Math.abs(v.getInt32(22, true))];
+}
+
 function sharpInput(bytes: Uint8Array, path: string): Sharp {
   // pages: 1 = the first frame of a GIF/WebP animation or multi-page TIFF.
-  const common = { autoOrient: true, pages: 1, failOn: "warning" as const };
+  // limitInputPixels: libvips checks the header's size before decoding.
+  const common = { autoOrient: true, pages: 1, failOn: "warning" as const, limitInputPixels: MAX_IMAGE_PIXELS };
   if (isBmp(bytes)) {
+    const size = bmpSize(bytes);
+    if (size && size[0] * size[1] > MAX_IMAGE_PIXELS) throw tooLarge(path, size[0], size[1]);
     let raw: ReturnType<typeof decodeBmp>;
     try {
       raw = decodeBmp(bytes);
@@ -85,6 +111,12 @@ export async function decodeImage(bytes: Uint8Array, path: string, o: LoadImageO
   } catch (e) {
     if (e instanceof ImageError) throw e;
     const msg = (e as Error).message.split("\n")[0];
+    if (/exceeds pixel limit/.test(msg)) {
+      const m = await sharp(bytes, { pages: 1, limitInputPixels: false })
+        .metadata()
+        .catch(() => undefined);
+      if (m?.width && m.height) throw tooLarge(path, m.width, m.height);
+    }
     throw new ImageError(path, `cannot decode the image: ${msg}`);
   }
 }

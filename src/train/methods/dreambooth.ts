@@ -57,7 +57,6 @@ export const dreambooth = defineMethod({
   doc: "full weights of the UNet (and the text encoder with train_text_encoder)",
   schema: {},
   formats: ["ldm_safetensors", "diffusers"],
-  artifactName: "model",
   defaultLearningRate: 2e-6,
   create(c, { model }): TrainingMethod {
     const trainsTextEncoder = c.train_text_encoder;

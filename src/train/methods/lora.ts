@@ -35,7 +35,6 @@ export const lora = defineMethod({
     lora: f.group(LORA_FIELDS, "LoRA settings (method lora or use_lora)"),
   },
   formats: ["lora", "ldm_safetensors", "diffusers"],
-  artifactName: "lora",
   defaultLearningRate: 1e-4,
   selects: (c) => c.method === "lora" || c.use_lora === true,
   resolve(c, r) {
@@ -77,7 +76,7 @@ export const lora = defineMethod({
   },
   create(c, { model, generator }): TrainingMethod {
     const l = c.lora;
-    const trainsTextEncoder = l.text_encoder && (c.method === "lora" || c.train_text_encoder);
+    const trainsTextEncoder = l.text_encoder; // resolve() made it one switch with train_text_encoder
     model.vae.requiresGrad_(false);
     model.unet.requiresGrad_(false);
     model.textEncoder.requiresGrad_(false);

@@ -1,4 +1,4 @@
-// What a training method is (docs/design.md §3.5, after OneTrainer's
+// What a training method is (docs/design.md §3, principle 5; after OneTrainer's
 // modules/modelSetup/*Setup.py): a plug-in over the one trainer. A method
 // owns its section of the config (fields, defaults, cross-field rules), says
 // which parameters train in which optimizer groups, may replace the step's
@@ -46,7 +46,7 @@ export interface StepInputs {
   isClass: boolean[];
 }
 
-/** A method set up on a model for one run. Optional hooks replace the trainer's defaults (steps.ts). */
+/** A method set up on a model for one run. Optional hooks replace the trainer's defaults (diffusion-step.ts). */
 export interface TrainingMethod {
   readonly name: string;
   /** Whether the text encoder's output changes during training (so its embeddings cannot be cached). */
@@ -98,8 +98,6 @@ export interface MethodSpec<S extends Schema = Schema> {
   readonly schema: S;
   /** What save.formats may hold for this method; the first is the default. */
   readonly formats: readonly string[];
-  /** The file stem of its artifacts ("model", "lora", …). */
-  readonly artifactName: string;
   /** learning_rate when the config leaves it unset. */
   readonly defaultLearningRate: number;
   /** Whether a config (resolved, or while resolving) runs this method (default: `method` names it). */
