@@ -159,15 +159,27 @@ export async function runKillSoak(o: { kills: number; seed?: number; steps?: num
     const soak = config("soaked");
     const random = lcg(o.seed ?? 1);
     const report: SoakReport = { kills: 0, phases: {}, corrupt: [], resumes: 0, identical: false, seconds: 0 };
-    const resumeArgs = () => {
-      if (!existsSync(join(soak.dir, "manifest.json"))) return [];
+    const lastStep = o.steps ?? 12;
+    const newestState = () => {
+      if (!existsSync(join(soak.dir, "manifest.json"))) return null;
       const m = JSON.parse(readFileSync(join(soak.dir, "manifest.json"), "utf8")) as {
         artifacts: { path: string; kind: string; step: number }[];
       };
-      const states = m.artifacts.filter((a) => a.kind === "state").sort((a, b) => b.step - a.step);
-      return states.length ? ["--resume", join(soak.dir, states[0].path)] : [];
+      return m.artifacts.filter((a) => a.kind === "state").sort((a, b) => b.step - a.step)[0] ?? null;
+    };
+    const resumeArgs = () => {
+      const s = newestState();
+      return s ? ["--resume", join(soak.dir, s.path)] : [];
+    };
+    /** Killed after its final state: the run is complete (its model is written before that state). */
+    const complete = () => (newestState()?.step ?? -1) >= lastStep;
+    const startOver = () => {
+      for (const f of readdirSync(w.root))
+        if (f.startsWith("soaked")) rmSync(join(w.root, f), { recursive: true, force: true });
+      config("soaked");
     };
     while (report.kills < o.kills) {
+      if (complete()) startOver(); // so that every kill interrupts a run
       const args = [soak.file, ...resumeArgs()];
       if (args.length > 1) report.resumes++;
       // Node and libtorch take the first ~30 % of a short run: kill later than that, mostly.
@@ -181,14 +193,14 @@ export async function runKillSoak(o: { kills: number; seed?: number; steps?: num
       } else if (r.code === 0) {
         // finished before the kill came: start over so that every kill interrupts a run
         log("a run finished before its kill; starting the soaked run over");
-        for (const f of readdirSync(w.root))
-          if (f.startsWith("soaked")) rmSync(join(w.root, f), { recursive: true, force: true });
-        config("soaked");
+        startOver();
       } else throw new Error(`the soaked run failed (exit ${r.code}): ${r.out}`);
     }
-    const last = await trainProcess([soak.file, ...resumeArgs()], null);
-    if (last.code !== 0) throw new Error(`the last resume failed: ${last.out}`);
-    report.resumes++;
+    if (!complete()) {
+      const last = await trainProcess([soak.file, ...resumeArgs()], null);
+      if (last.code !== 0) throw new Error(`the last resume failed: ${last.out}`);
+      report.resumes++;
+    }
     report.corrupt.push(...(await checkListedFiles(soak.dir)));
     report.identical = sameTensors(join(ref.dir, "model.safetensors"), join(soak.dir, "model.safetensors"));
     report.seconds = (Date.now() - started) / 1000;
