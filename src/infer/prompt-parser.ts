@@ -29,8 +29,29 @@ const RE_ATTENTION = new RegExp(
   "g",
 );
 
-// re_break = \s*\bBREAK\b\s* ; Python's \b is Unicode-aware, hence the lookarounds.
-const RE_BREAK = new RegExp(`${S}*(?<![\\p{L}\\p{N}_])BREAK(?![\\p{L}\\p{N}_])${S}*`, "u");
+// re_break = \s*\bBREAK\b\s* ; Python's \b is Unicode-aware, hence the lookarounds. The whitespace
+// around it is trimmed after splitting: a leading \s* in the pattern is quadratic on long runs of spaces.
+const RE_BREAK = /(?<![\p{L}\p{N}_])BREAK(?![\p{L}\p{N}_])/u;
+const LEADING_SPACE = new RegExp(`^${S}+`, "u");
+const TRAILING_SPACE = new RegExp(`${S}+$`, "u");
+
+/** `text` split at BREAK with the whitespace around each BREAK dropped, as re.split(re_break, text). */
+function splitBreak(text: string): string[] {
+  if (!text.includes("BREAK")) return [text];
+  const parts = text.split(RE_BREAK);
+  return parts.map((p, i) => {
+    let q = i > 0 ? p.replace(LEADING_SPACE, "") : p;
+    if (i < parts.length - 1) q = trimEnd(q);
+    return q;
+  });
+}
+
+/** Drops trailing whitespace in linear time (a `\s+$` search from every position would be quadratic). */
+function trimEnd(text: string): string {
+  let end = text.length;
+  while (end > 0 && TRAILING_SPACE.test(text[end - 1])) end--;
+  return text.slice(0, end);
+}
 
 export const ROUND_MULTIPLIER = 1.1;
 export const SQUARE_MULTIPLIER = 1 / 1.1;
@@ -69,7 +90,7 @@ export function parsePromptAttention(text: string): WeightedText[] {
     } else if (t === "]" && square.length > 0) {
       multiplyRange(square.pop()!, SQUARE_MULTIPLIER);
     } else {
-      t.split(RE_BREAK).forEach((part, i) => {
+      splitBreak(t).forEach((part, i) => {
         if (i > 0) res.push(["BREAK", -1]);
         res.push([part, 1.0]);
       });

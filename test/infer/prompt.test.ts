@@ -297,3 +297,22 @@ test("a batch of prompts: the shorter ones repeat their last vector (stack_conds
     assertClose(batch.select(0, 1), encodePrompt(model, tiny, long).select(0, 0), { atol: 0, rtol: 0 });
   });
 });
+
+test("BREAK splitting drops only the whitespace beside each BREAK, and long runs of spaces stay linear (the fuzzer's 11 s case)", () => {
+  assert.deepEqual(parsePromptAttention("a   BREAK   b BREAK BREAK c "), [
+    ["a", 1],
+    ["BREAK", -1],
+    ["b", 1],
+    ["BREAK", -1],
+    ["", 1],
+    ["BREAK", -1],
+    ["c ", 1],
+  ]);
+  const spaces = " ".repeat(100_000);
+  assert.deepEqual(parsePromptAttention(spaces), [[spaces, 1]]);
+  assert.deepEqual(parsePromptAttention(`${spaces}x BREAK y`), [
+    [`${spaces}x`, 1],
+    ["BREAK", -1],
+    ["y", 1],
+  ]);
+});
