@@ -125,11 +125,14 @@ export class DiskFullError extends Error {
   }
 }
 
+/** The kinds of artifact that hold weights (models, LoRAs, states), not the run's records. */
+const isSavedWeights = (k: ArtifactKind) => k !== "config" && k !== "log" && k !== "samples";
+
 /** What of the run is still good: the newest state the manifest lists, else its newest file. */
 export function newestGood(p: RunParts, hint: string): string {
   const { c, manifest } = p;
   const state = manifest.latest("state");
-  const files = manifest.artifacts.filter((a) => a.kind !== "config" && a.kind !== "log" && a.kind !== "samples");
+  const files = manifest.artifacts.filter((a) => isSavedWeights(a.kind));
   const newest = [...files].sort((a, b) => b.step - a.step)[0];
   if (state) return `the newest complete state is ${join(c.output_dir, state.path)} (step ${state.step}): ${hint}`;
   if (newest)
@@ -148,9 +151,7 @@ export function diskFull(
   const { c, manifest } = p;
   // A save takes what the newest complete save of the kinds it writes took (the trained weights' bytes before one).
   const kinds = new Set(manifest.artifacts.map((a) => a.kind));
-  const writes = [...kinds].filter(
-    (k) => k !== "config" && k !== "log" && k !== "samples" && (k !== "state" || withState),
-  );
+  const writes = [...kinds].filter((k) => isSavedWeights(k) && (k !== "state" || withState));
   let needed = writes.reduce((n, k) => n + sizeOf(join(c.output_dir, manifest.latest(k)!.path)), 0);
   if (needed === 0) needed = [...p.method.namedTrainable().values()].reduce((n, t) => n + t.numel * BYTES[t.dtype], 0);
   const fs = statfsSync(c.output_dir);

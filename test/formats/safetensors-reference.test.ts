@@ -8,8 +8,9 @@ import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { test } from "node:test";
 import { tensor, zeros } from "../../src/engine/index.js";
-import { loadSafetensors, openSafetensors, SafetensorsError, saveSafetensors } from "../../src/formats/safetensors.js";
+import { loadSafetensors, openSafetensors, saveSafetensors } from "../../src/formats/safetensors.js";
 import { caseFiles, checkLeaks } from "../helpers.js";
+import { assertRefused } from "./refusal.js";
 
 checkLeaks();
 
@@ -27,17 +28,7 @@ function rawFile(header: string, data: Buffer = Buffer.alloc(0), length?: number
 const f32 = (shape: string, offsets: string, extra = "") =>
   `{"dtype":"F32","shape":${shape},"data_offsets":${offsets}${extra}}`;
 
-function rejects(path: string, pattern: RegExp): void {
-  assert.throws(
-    () => openSafetensors(path).close(),
-    (e: Error) => {
-      assert.ok(e instanceof SafetensorsError, `${e.name}: ${e.message}`);
-      assert.ok(e.message.startsWith(`${path}: `), `message should name the file: ${e.message}`);
-      assert.match(e.message, pattern);
-      return true;
-    },
-  );
-}
+const rejects = assertRefused;
 
 function loads(path: string, keys: string[]): void {
   const f = openSafetensors(path);
