@@ -34,6 +34,21 @@ const CHUNK = 1 << 30;
  */
 export const MAX_DEFLATE_RATIO = 1032;
 
+/**
+ * What all of an archive's DEFLATE entries may inflate to together: 64 times
+ * the file, and never less than 256 MiB. A legal stream can still reach
+ * 1032:1, so a 1 MB file could otherwise ask for a gigabyte. torch.save
+ * stores its entries uncompressed; a re-zipped checkpoint of real weights
+ * compresses to about 1.1:1, a mostly-zero LoRA stays under the floor.
+ */
+export const MAX_INFLATED_RATIO = 64;
+export const MIN_INFLATED_BUDGET = 256 * 2 ** 20;
+
+/** The most an archive of `fileSize` bytes may inflate to (see MAX_INFLATED_RATIO). */
+export function inflatedBudget(fileSize: number): number {
+  return Math.max(MIN_INFLATED_BUDGET, fileSize * MAX_INFLATED_RATIO);
+}
+
 let crcTable: Uint32Array | undefined;
 
 /** CRC-32 (zlib's when Node has it, ≥ 20.15). */
@@ -223,6 +238,7 @@ export class ZipFile {
     const v = new DataView(cd.buffer, cd.byteOffset, cd.byteLength);
     let pos = 0;
     const spans: { name: string; start: number; end: number }[] = [];
+    let inflated = 0;
     for (let n = 0; n < count; n++) {
       if (pos + 46 > cdSize || v.getUint32(pos, true) !== CENTRAL) {
         throw new ZipError(`${p}: corrupt central directory (entry ${n} of ${count})`);
@@ -268,6 +284,16 @@ export class ZipFile {
           `${p}: entry ${name} declares ${usize} bytes inflated from ${csize}: more than DEFLATE can produce ` +
             `(at most ${MAX_DEFLATE_RATIO}:1; corrupt or a zip bomb)`,
         );
+      }
+      if (method === 8) {
+        inflated += usize;
+        if (inflated > inflatedBudget(this.size)) {
+          throw new ZipError(
+            `${p}: compressed entries inflate to more than ${inflatedBudget(this.size)} bytes (entry ${name} reaches ` +
+              `${inflated}; at most ${MAX_INFLATED_RATIO}× the ${this.size}-byte file, or 256 MiB): refused as a likely zip bomb. ` +
+              "torch.save writes entries uncompressed; re-save the file with it",
+          );
+        }
       }
       if (offset + 30 + csize > cdOffset)
         throw new ZipError(`${p}: entry ${name}: data overlaps the central directory (corrupt)`);

@@ -4,12 +4,13 @@
 // before anything of that size is allocated, with a message naming the entry
 // or tensor. Legit expansions and DEFLATE entries still load.
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { test } from "node:test";
 import { deflateRawSync } from "node:zlib";
 import { disposeAll } from "../../src/engine/index.js";
 import { CkptError, loadCkpt, openCkpt } from "../../src/formats/ckpt.js";
-import { MAX_DEFLATE_RATIO, ZipFile } from "../../src/formats/zip.js";
+import { inflatedBudget, MAX_DEFLATE_RATIO, MIN_INFLATED_BUDGET, ZipFile } from "../../src/formats/zip.js";
 import { caseFiles, checkLeaks } from "../helpers.js";
 import { bytesOf, stateDictPickle, type TensorSpec, torchZip, writeZip } from "./torch-builder.js";
 
@@ -161,4 +162,22 @@ test("a DEFLATE stream longer than its entry declares stops at the declared size
   // The bound itself: real DEFLATE stays under it.
   const zeros = Buffer.alloc(10_000_000);
   assert.ok(zeros.length <= deflateRawSync(zeros, { level: 9 }).length * MAX_DEFLATE_RATIO);
+});
+
+test("entries within DEFLATE's 1032:1 bound that would inflate a small file past its budget are refused", () => {
+  // A legal stream can reach 1032:1 (a few MB of zeros, say), so the bound
+  // alone lets a 400 KB file ask for 400 MB. The archive-wide budget (64× the
+  // file, at least 256 MiB) stops it at the directory, before inflating.
+  const numel = 100_000_000; // 400 MB of float32
+  const pkl = stateDictPickle([spec({ numel, shape: [numel] })]);
+  const noise = randomBytes(400_000); // incompressible
+  const path = write(
+    writeZip([
+      { name: "archive/data.pkl", data: pkl },
+      { name: "archive/data/0", data: noise, deflate: true, declaredSize: numel * 4 },
+    ]),
+  );
+  refused(() => openCkpt(path), path, /inflate to more than 268435456 bytes \(entry archive\/data\/0 .*likely zip bomb/);
+  assert.equal(inflatedBudget(10 * 2 ** 30), 640 * 2 ** 30, "large files get 64× their size");
+  assert.equal(inflatedBudget(1000), MIN_INFLATED_BUDGET);
 });
