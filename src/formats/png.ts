@@ -128,7 +128,9 @@ export function readPngText(file: Buffer, name = "PNG"): Record<string, string> 
     if (type === "tEXt" && nul > 0) {
       keep(type, key, body.toString("latin1", nul + 1));
     } else if (type === "zTXt" && nul > 0) {
-      if (body[nul + 1] !== 0) fail(`chunk zTXt "${key}": unknown compression method ${body[nul + 1]}`);
+      if (nul + 1 >= body.length) fail(`chunk zTXt "${key}" is truncated (no compression method byte)`);
+      if (body[nul + 1] !== 0)
+        fail(`chunk zTXt "${key}": unknown compression method ${body[nul + 1]} (only 0, deflate)`);
       keep(type, key, inflate(type, key, body.subarray(nul + 2)).toString("latin1"));
     } else if (type === "iTXt" && nul > 0) {
       // keyword, 0, compression flag, method, language tag, 0, translated keyword, 0, text

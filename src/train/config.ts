@@ -7,7 +7,7 @@ import { randomInt } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, extname, join, resolve } from "node:path";
-import { parse as parseToml } from "smol-toml";
+import { parse as parseToml, TomlError } from "smol-toml";
 import { lrSchedule, type ScheduleOptions } from "../engine/optim/index.js";
 import { writeTextAtomic } from "../formats/atomic-write.js";
 import { configSchema, type Field, type Kind, type Schema, type TrainConfig } from "./config-schema.js";
@@ -105,8 +105,17 @@ function readConfigFile(file: string): unknown {
   try {
     return ext === ".toml" ? parseToml(text) : JSON.parse(text);
   } catch (e) {
-    throw new ConfigError(`${file}: not valid ${ext === ".toml" ? "TOML" : "JSON"}: ${(e as Error).message}`);
+    if (e instanceof TomlError) throw new ConfigError(`${file}: not valid TOML: ${tomlProblem(e, text)}`);
+    throw new ConfigError(`${file}: not valid JSON: ${(e as Error).message}`);
   }
+}
+
+/** smol-toml's reason, where it is, and the line quoted (its code frame spreads the user's text over the message). */
+function tomlProblem(e: TomlError, text: string): string {
+  const reason = e.message.split("\n")[0].replace(/^Invalid TOML document:\s*/, "");
+  const line = text.split(/\r?\n/)[e.line - 1] ?? "";
+  const shown = line.length > 120 ? `${line.slice(0, 117)}...` : line;
+  return `${reason} at line ${e.line}, column ${e.column}: ${JSON.stringify(shown)}`;
 }
 
 // ---- checking values ------------------------------------------------------------

@@ -177,7 +177,11 @@ test("entries within DEFLATE's 1032:1 bound that would inflate a small file past
       { name: "archive/data/0", data: noise, deflate: true, declaredSize: numel * 4 },
     ]),
   );
-  refused(() => openCkpt(path), path, /inflate to more than 268435456 bytes \(entry archive\/data\/0 .*likely zip bomb/);
+  refused(
+    () => openCkpt(path),
+    path,
+    /inflate to more than 268435456 bytes \(entry archive\/data\/0 .*likely zip bomb/,
+  );
   assert.equal(inflatedBudget(10 * 2 ** 30), 640 * 2 ** 30, "large files get 64× their size");
   assert.equal(inflatedBudget(1000), MIN_INFLATED_BUDGET);
 });

@@ -124,3 +124,14 @@ test("malformed chunks are refused, not misread", () => {
   assert.throws(() => readPngText(badType), /bad chunk type "t\\u0000Xt" at byte 37/);
   assert.deepEqual(readPngText(png), { k: "v" });
 });
+
+test("a zTXt chunk that ends at its keyword's NUL is refused as truncated, naming the chunk", () => {
+  assert.throws(
+    () => readPngText(pngWith([["zTXt", latin1("k\0")]]), "t.png"),
+    /^Error: t\.png: chunk zTXt "k" is truncated \(no compression method byte\)$/,
+  );
+  assert.throws(
+    () => readPngText(pngWith([["zTXt", latin1("k\0\x07")]])),
+    /chunk zTXt "k": unknown compression method 7 \(only 0, deflate\)/,
+  );
+});

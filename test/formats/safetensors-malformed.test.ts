@@ -105,6 +105,21 @@ test("rejects shapes whose byte size differs from their offsets, even absurd one
   rejects(fileOf({ a: entry("F16", [2, 2, 2], [0, 8]) }), /needs 16 bytes/);
 });
 
+test("an empty tensor with a dimension past 2^53 - 1 is refused by name; 2^53 - 1 itself opens", () => {
+  // The Rust reader takes any u64 here (the element count is 0); JavaScript's
+  // numbers are exact only up to 2^53 - 1, so this reader refuses rather than round.
+  rejects(
+    rawFile('{"a":{"dtype":"U8","shape":[18446744073709551615,0],"data_offsets":[0,0]}}'),
+    /tensor "a".*18446744073709551615 is too large for this reader \(limit 2\^53 - 1\)/,
+  );
+  const f = openSafetensors(rawFile('{"a":{"dtype":"U8","shape":[9007199254740991,0],"data_offsets":[0,0]}}'));
+  try {
+    assert.deepEqual(f.info("a").shape, [9007199254740991, 0]);
+  } finally {
+    f.close();
+  }
+});
+
 test("rejects unknown and unsupported dtypes by tensor name", () => {
   rejects(fileOf({ w: entry("F12", [1], [0, 4]) }), /tensor "w" has unknown dtype "F12" \(supported: F64, F32/);
   rejects(fileOf({ w: entry("F8_E4M3", [4], [0, 4]) }), /tensor "w" has dtype F8_E4M3, which the engine cannot hold/);

@@ -61,6 +61,7 @@ export const ENGINE_DTYPES: ReadonlySet<string> = new Set([
 
 const MAX_HEADER_SIZE = 100_000_000n;
 const U64_MAX = (1n << 64n) - 1n;
+const MAX_EXACT = BigInt(Number.MAX_SAFE_INTEGER);
 const I64_MIN = -(1n << 63n);
 
 export class RefusedByReference extends Error {
@@ -280,8 +281,10 @@ export interface ReferenceVerdict {
   /**
    * Valid for the Rust crate only through something our reader refuses on
    * purpose: a repeated key (serde keeps the last), a TensorInfo written as an
-   * array or a dtype as `{"F32": null}` (serde's sequence and map forms), or a
-   * dtype the engine cannot hold.
+   * array or a dtype as `{"F32": null}` (serde's sequence and map forms), a
+   * dtype the engine cannot hold, or a dimension past 2^53 - 1 (possible only
+   * in an empty tensor; JavaScript's numbers hold integers exactly up to there,
+   * and the reader says so by name).
    */
   quirks: string[];
   tensors: Map<string, ReferenceTensor>;
@@ -421,7 +424,10 @@ export function referenceCheck(file: Uint8Array): ReferenceVerdict {
     }
     const end = validate([...byName]);
     if (end + 8n + n !== BigInt(file.byteLength)) fail("MetadataIncompleteBuffer", `data ends at ${end}`);
-    for (const t of byName.values()) if (!ENGINE_DTYPES.has(t.dtype)) quirks.add("dtype-engine-lacks");
+    for (const t of byName.values()) {
+      if (!ENGINE_DTYPES.has(t.dtype)) quirks.add("dtype-engine-lacks");
+      if (t.shape.some((d) => d > MAX_EXACT)) quirks.add("dimension-past-2^53");
+    }
     return { valid: true, quirks: [...quirks].sort(), tensors: byName, metadata };
   } catch (e) {
     if (!(e instanceof RefusedByReference)) throw e;

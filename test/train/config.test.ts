@@ -294,6 +294,12 @@ test("required fields, and files that cannot be read", () => {
   fails(() => load(join(sub, "cfg.yaml")), /must be \.json or \.toml/);
   writeFileSync(join(sub, "bad.toml"), "model = \n");
   fails(() => load(join(sub, "bad.toml")), /bad\.toml: not valid TOML/);
+  // The reason, where, and the user's line quoted: the text is the user's, not an internal `undefined`.
+  writeFileSync(join(sub, "bare.toml"), 'output_dir = "o"\nformats = [ undefined ]\n');
+  fails(
+    () => load(join(sub, "bare.toml")),
+    /bare\.toml: not valid TOML: invalid value at line 2, column \d+: "formats = \[ undefined \]"$/,
+  );
   writeFileSync(join(sub, "bad.json"), "{ model: 1 }");
   fails(() => load(join(sub, "bad.json")), /bad\.json: not valid JSON/);
   writeFileSync(join(sub, "list.json"), "[1, 2]");
