@@ -66,6 +66,8 @@ interface Options extends BaseOptions {
   quick: boolean;
   /** Latent side (null: 64 on CUDA, 32 on CPU, where 64 does not fit; see RESULTS.md). */
   latent: number | null;
+  /** The UNet's batch: the instance example and batch − 1 class examples (default 2). */
+  batch: number;
   check: boolean;
   only: CaseKey[];
   optimizer: "auto" | OptimizerKind;
@@ -79,6 +81,7 @@ const USAGE = `usage: node dist/bench/train.js [options]
   --quick            a small UNet (SD1.5 layout, channels 32-64-128-128, 32×32 latents) to see that it works
   --latent N         latent side: N×N latents, 8N px images (default 64 on CUDA; 32 on CPU, where a full
                      step on 64×64 needs more memory than the 24 GiB machine has)
+  --batch N          the UNet's batch: 1 instance + N−1 class examples (default 2; the GPU check runs 1/4/8)
   --check            only the equality check: tiny UNet, same weights and draws on both sides,
                      2 steps of each method, losses, every gradient and the updated weights compared
   --only a,b         run only these cases (${CASES.join(", ")})
@@ -97,6 +100,7 @@ function parseArgs(argv: string[]): Options {
     device: "cpu",
     quick: false,
     latent: null,
+    batch: 2,
     check: false,
     only: [...CASES],
     reps: 3,
@@ -119,6 +123,7 @@ function parseArgs(argv: string[]): Options {
     own(o, a, v) {
       if (a === "--quick") o.quick = true;
       else if (a === "--latent") o.latent = v.int(8);
+      else if (a === "--batch") o.batch = v.int(1);
       else if (a === "--check") o.check = true;
       else if (a === "--only") o.only = (v.next() ?? "").split(",").filter(Boolean).map(caseKey);
       else if (a === "--optimizer") {
@@ -398,7 +403,7 @@ async function main(): Promise<void> {
   const shell = new UNet2DConditionModel(unet, { mode: "empty" });
   const params = shell.parameterCount();
   shell.dispose();
-  const base: StepSpec = { unet, latent, classBatch: 1, optimizer: "adamw", lr: 0, rank: 4, alpha: 1 };
+  const base: StepSpec = { unet, latent, classBatch: o.batch - 1, optimizer: "adamw", lr: 0, rank: 4, alpha: 1 };
   // What fits on this machine when the others hold little (2 GiB left to them and the system).
   const room = memTotalGiB() - 2;
   let fullOptimizer: OptimizerKind = o.optimizer === "auto" ? "adamw" : o.optimizer;
