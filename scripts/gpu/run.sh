@@ -59,11 +59,16 @@ else
 fi
 node=$work/kit/node
 chmod +x "$node"
+# Moved, not linked: Node resolves a module's real path, and the benchmarks find
+# their PyTorch twins (bench/*.py) beside the real dist/.
 for d in node_modules dist; do
-  if [ -e "$d" ] && [ ! -L "$d" ]; then log "- $d/ exists here and is not the kit's: kept as it is"; else ln -sfn "$work/kit/$d" "$d"; fi
+  if [ -e "$d" ] && [ ! -L "$d" ]; then log "- $d/ exists here and is not the kit's: kept as it is"
+  else rm -f "$d" && mv "$work/kit/$d" "$d"; fi
 done
 log "- node $("$node" --version), $(sed -n 2p "$work/kit/VERSION") (tree: $(git rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
-log "- python3: $("$py" -c 'import torch, sys; c = torch.cuda.is_available(); print(f"torch {torch.__version__}, CUDA {torch.version.cuda if c else "absent"}" + (f", {torch.cuda.get_device_name(0)}" if c else ""))' 2>&1 | tail -1)"
+log "- python3: $("$py" -c 'import torch
+c = torch.cuda.is_available()
+print("torch", torch.__version__ + ", CUDA", (torch.version.cuda + ", " + torch.cuda.get_device_name(0)) if c else "absent")' 2>&1 | tail -1)"
 command -v nvidia-smi >/dev/null && log "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
 
 # 2. Build the addon against python3's torch.

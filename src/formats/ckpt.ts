@@ -353,8 +353,11 @@ function openLegacy(path: string): TorchArchive {
   const where = new Map<string, { offset: number; numel: number }>();
   let at = keys.end;
   for (const k of keys.value) {
-    const ref = roots.get(String(k));
-    if (!ref) throw new CkptError(`${path}: storage ${String(k)} is listed but never used`);
+    if (typeof k !== "string") {
+      throw new CkptError(`${path}: the legacy storage key list holds a ${describeValue(k)}, not a storage key string`);
+    }
+    const ref = roots.get(k);
+    if (!ref) throw new CkptError(`${path}: storage ${JSON.stringify(k)} is listed but never used`);
     if (at + 8 > data.length) throw new CkptError(`${path}: truncated before storage ${ref.key}`);
     const numel = Number(data.readBigInt64LE(at));
     const bytes = numel * BYTES[ref.dtype];
@@ -530,4 +533,13 @@ export function loadTorchFile(path: string, o: CkptGetOptions = {}): unknown {
   } finally {
     a.close();
   }
+}
+
+/** What a pickled value is, for messages (never `[object …]`). */
+function describeValue(v: unknown): string {
+  if (v === null || v === undefined) return "None";
+  if (Array.isArray(v)) return "list";
+  if (v instanceof Map) return "dict";
+  if (typeof v === "object") return (v as object).constructor?.name ?? "object";
+  return typeof v;
 }
