@@ -195,7 +195,11 @@ test("unknown fields are errors that name them and suggest the right one", () =>
     ],
     [minimal({ zzzzzz: 1 }), /unknown field "zzzzzz"$/, "zzzzzz"],
     [minimal({ constructor: 1 }), /unknown field "constructor"$/, "constructor"],
-    [minimal({ optimizer: "constructor" }), /optimizer must be one of adamw, adamw8bit, lion, prodigy, adafactor, sgd, got "constructor"$/, "optimizer"],
+    [
+      minimal({ optimizer: "constructor" }),
+      /optimizer must be one of adamw, adamw8bit, lion, prodigy, adafactor, sgd, got "constructor"$/,
+      "optimizer",
+    ],
   ];
   for (const [cfg, message, field] of cases) fails(() => load(cfg), message, field);
   fails(

@@ -4,12 +4,15 @@
 // kOptimizerStatic8bit2StateBlockwise): each block of 2048 values is scaled
 // by its absolute maximum and each value stored as the index of the nearest
 // entry of a 256-entry dynamic (exponent + fraction) map.
+import { defOp } from "../dispatch.js";
 import { linspace, tensor, zeros } from "../ops/creation.js";
 import { abs, add, div, eq, gt, lt, max, mul, ne, reciprocal, sub, where } from "../ops/math.js";
 import { cat, indexSelect, narrow, reshape, toDtype, unsqueeze } from "../ops/shape.js";
 import type { Tensor } from "../tensor.js";
 
 export const BLOCK_SIZE = 2048;
+
+const searchsorted = defOp("aten::searchsorted.Tensor");
 
 /**
  * The dynamic map of create_dynamic_map(signed, max_exponent_bits=7,
@@ -75,7 +78,7 @@ export function dequantize(codes: Tensor, absmax: Tensor, map: QuantMap, n: numb
 /**
  * Codes of [blocks, 2048] values: the index of the nearest map entry of
  * value / absmax (ties go to the lower entry, as torch.searchsorted on the
- * midpoints), found by an 8-step binary search. `keepSign` moves a code one
+ * midpoints). `keepSign` moves a code one
  * entry when the nearest entry's sign differs from the value's (the kernel's
  * fix for the first moment). Returns the flat uint8 codes and the absmaxes.
  */
@@ -89,12 +92,8 @@ export function quantize(
   // A block of zeros has absmax 0; scaling by 1 instead keeps its codes finite (its values stay 0).
   const scale = where(eq(absmax, 0), 1, absmax);
   const x = div(values, unsqueeze(scale, 1));
-  let idx = zeros(x.shape, { dtype: "int64", device: x.device });
-  for (let stepSize = 128; stepSize >= 1; stepSize /= 2) {
-    const probe = add(idx, stepSize - 1);
-    const mid = reshape(indexSelect(map.mids, 0, reshape(probe, [-1])), x.shape);
-    idx = where(gt(x, mid), add(idx, stepSize), idx);
-  }
+  // The number of midpoints below x: the nearest entry, ties to the lower one.
+  let idx = searchsorted.t(map.mids.id, x.id);
   if (keepSign) {
     const entry = reshape(indexSelect(map.code, 0, reshape(idx, [-1])), x.shape);
     // signbit: 1/x < 0 also catches -0.
