@@ -7,21 +7,18 @@ import { SCHEDULE_NAMES } from "../engine/optim/index.js";
 import { SAMPLER_NAMES } from "../schedulers/index.js";
 import { f, type Infer } from "./config-fields.js";
 
-export const OPTIMIZERS = ["adamw", "sgd"] as const;
+export const OPTIMIZERS = ["adamw", "adamw8bit", "lion", "prodigy", "adafactor", "sgd"] as const;
 export const MIXED_PRECISIONS = ["no", "fp16", "bf16"] as const;
 export type OptimizerName = (typeof OPTIMIZERS)[number];
 export type MixedPrecision = (typeof MIXED_PRECISIONS)[number];
 
 /** Optimizers people know from kohya / the Dreambooth extension that Atelier does not have. */
 const REFUSED_OPTIMIZERS: Record<string, string> = {
-  adamw8bit: "8-bit AdamW needs bitsandbytes' CUDA kernels, which Atelier does not have; use adamw",
-  paged_adamw8bit: "8-bit AdamW needs bitsandbytes' CUDA kernels, which Atelier does not have; use adamw",
-  lion: "Lion is not implemented; use adamw",
-  lion8bit: "Lion is not implemented; use adamw",
-  prodigy: "Prodigy is not implemented; use adamw",
+  paged_adamw8bit: "paged optimizers (CUDA unified memory) are not implemented; use adamw8bit",
+  pagedadamw8bit: "paged optimizers (CUDA unified memory) are not implemented; use adamw8bit",
+  lion8bit: "8-bit Lion is not implemented; use lion",
   dadaptation: "D-Adaptation is not implemented; use adamw",
   dadaptadam: "D-Adaptation is not implemented; use adamw",
-  adafactor: "Adafactor is not implemented; use adamw",
   sgdnesterov: "use sgd (Nesterov momentum is not exposed)",
 };
 
@@ -159,8 +156,22 @@ export function coreSchema(specs: readonly MethodSummary[]) {
       }),
       { default: null },
     ),
-    optimizer: f.oneOf(OPTIMIZERS, { refused: REFUSED_OPTIMIZERS, default: "adamw", doc: "adamw or sgd" }),
-    weight_decay: f.number({ min: 0, max: 1, auto: "0.01 for adamw, 0 for sgd", doc: "weight decay" }),
+    optimizer: f.oneOf(OPTIMIZERS, {
+      refused: REFUSED_OPTIMIZERS,
+      anyCase: true,
+      default: "adamw",
+      doc: "kohya's optimizer_type, any case: AdamW, AdamW8bit (bitsandbytes' 8-bit states), Lion, Prodigy, Adafactor, SGD",
+    }),
+    optimizer_args: f.list(f.text({ nonEmpty: true, doc: "" }), {
+      default: [],
+      doc: 'kohya\'s optimizer_args: "key=value" with the optimizer\'s python names, e.g. ["betas=0.9,0.99", "relative_step=False"]',
+    }),
+    weight_decay: f.number({
+      min: 0,
+      max: 1,
+      auto: "0.01 for adamw and adamw8bit, else 0 (or optimizer_args' weight_decay)",
+      doc: "weight decay",
+    }),
     mixed_precision: f.oneOf(MIXED_PRECISIONS, {
       default: "no",
       doc: "autocast dtype of forward passes: no, fp16 or bf16",

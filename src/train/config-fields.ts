@@ -13,7 +13,8 @@ export type Kind =
   | { t: "path" }
   /** A path, or the name of a workspace model. */
   | { t: "model" }
-  | { t: "enum"; values: readonly string[]; refused?: Readonly<Record<string, string>> }
+  /** `anyCase`: "AdamW8bit" is taken as "adamw8bit" (names users copy from elsewhere). */
+  | { t: "enum"; values: readonly string[]; refused?: Readonly<Record<string, string>>; anyCase?: boolean }
   | { t: "list"; of: Kind; unique?: boolean; nonEmpty?: boolean }
   | { t: "group"; fields: Schema }
   | { t: "objects"; fields: Schema };
@@ -66,10 +67,10 @@ export const f = {
   model: (m: Meta<string>): Field<string> => make({ t: "model" }, m),
   oneOf: <V extends string>(
     values: readonly V[],
-    o: Meta<V> & { refused?: Readonly<Record<string, string>> },
+    o: Meta<V> & { refused?: Readonly<Record<string, string>>; anyCase?: boolean },
   ): Field<V> => {
-    const { refused, ...m } = o;
-    return make({ t: "enum", values, refused }, m);
+    const { refused, anyCase, ...m } = o;
+    return make({ t: "enum", values, refused, ...(anyCase ? { anyCase } : {}) }, m);
   },
   list: <T>(of: Field<T>, o: Meta<T[]> & { unique?: boolean; nonEmpty?: boolean }): Field<T[]> => {
     const { unique, nonEmpty, ...m } = o;

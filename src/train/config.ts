@@ -13,6 +13,7 @@ import { writeTextAtomic } from "../formats/atomic-write.js";
 import { configSchema, type Field, type Kind, type Schema, type TrainConfig } from "./config-schema.js";
 import { suggest } from "./config-suggest.js";
 import { type MethodSpec, methodSpecFor, methodSpecs } from "./methods/index.js";
+import { resolveOptimizer } from "./optimizer-choice.js";
 import { defaultWorkspace, resolveModel } from "./workspace.js";
 
 export * from "./config-schema.js";
@@ -200,6 +201,7 @@ function checkKind(k: Kind, v: unknown, name: string, label: string, ctx: Ctx): 
     case "enum": {
       if (typeof v === "string" && k.values.includes(v)) return v;
       const low = typeof v === "string" ? v.toLowerCase() : "";
+      if (k.anyCase && k.values.includes(low)) return low;
       const note = k.refused && Object.hasOwn(k.refused, low) ? k.refused[low] : undefined;
       if (note) throw new ConfigError(`${ctx.origin}${label}: ${JSON.stringify(v)} is not available: ${note}`, name);
       const lower = typeof v === "string" ? k.values.find((x) => x === v.toLowerCase()) : undefined;
@@ -445,7 +447,7 @@ function finish(state: State, o: { checkFiles: boolean; env: Record<string, stri
   // The method: its spec sets the learning rate's default and resolves its own fields.
   const spec = methodSpecFor(c);
   if (auto(c.learning_rate)) c.learning_rate = spec.defaultLearningRate;
-  if (auto(c.weight_decay)) c.weight_decay = c.optimizer === "adamw" ? 0.01 : 0;
+  resolveOptimizer(c, { given: (path) => given(tree, path), isAuto: auto, error: err, pointless });
   if (auto(c.seed)) c.seed = randomInt(0, 2 ** 32);
   for (const s of methodSpecs() as readonly MethodSpec<Schema>[]) {
     s.resolve?.(c as never, {

@@ -6,14 +6,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Generator, manualSeed, setRngState, type Tensor } from "../engine/index.js";
-import {
-  AdamW,
-  type GroupHyper,
-  LRScheduler,
-  type Optimizer,
-  type OptimizerStateDict,
-  SGD,
-} from "../engine/optim/index.js";
+import { type GroupHyper, LRScheduler, type Optimizer, type OptimizerStateDict } from "../engine/optim/index.js";
 import { sweepStaleTemporaries } from "../formats/atomic-write.js";
 import { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
 import { NoiseSchedule } from "../schedulers/index.js";
@@ -22,6 +15,7 @@ import { checkInstanceFolder, Dataset, ensureClassImages, TextEmbeddingCache } f
 import { Ema } from "./ema.js";
 import { RunManifest } from "./manifest.js";
 import { type MethodSpec, methodSpecFor, type TrainingMethod } from "./methods/index.js";
+import { makeOptimizer } from "./optimizer-choice.js";
 import { LossLog } from "./progress.js";
 import { disposeTrainingState, loadTrainingState, type Progress, readStateInfo, restoreTrainable } from "./state.js";
 import { resolveModel } from "./workspace.js";
@@ -60,10 +54,11 @@ export interface RunSetupOptions {
   warn: (message: string) => void;
 }
 
-function makeOptimizer(c: TrainConfig, method: TrainingMethod): Optimizer<GroupHyper> {
-  const groups = method.groups().map((g) => ({ params: g.params, lr: g.lr }));
-  if (c.optimizer === "sgd") return new SGD(groups, { lr: c.learning_rate, weightDecay: c.weight_decay });
-  return new AdamW(groups, { lr: c.learning_rate, weightDecay: c.weight_decay });
+function optimizerFor(c: TrainConfig, method: TrainingMethod): Optimizer<GroupHyper> {
+  return makeOptimizer(
+    c,
+    method.groups().map((g) => ({ params: g.params, lr: g.lr })),
+  );
 }
 
 /** The autocast of mixed_precision on this device, or null (with the reason warned). */
@@ -157,7 +152,7 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
     owned.push(dataset);
     const perEpoch = Math.ceil(dataset.length / c.gradient_accumulation);
     const total = c.max_steps > 0 ? c.max_steps : c.epochs * perEpoch;
-    const optimizer = makeOptimizer(c, method);
+    const optimizer = optimizerFor(c, method);
     owned.push(optimizer);
     const scheduler = new LRScheduler(optimizer, c.lr_scheduler, scheduleOptions(c, total));
     const named = method.namedTrainable();

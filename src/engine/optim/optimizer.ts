@@ -4,6 +4,7 @@
 // fill missing hyper-parameters from the defaults, a parameter belongs to one
 // group, params without .grad are skipped, and state is made on first use.
 import { noGrad } from "../autograd.js";
+import type { DType } from "../dtype.js";
 import { clone, detach } from "../ops/shape.js";
 import { keep, scope } from "../scope.js";
 import { Tensor } from "../tensor.js";
@@ -79,6 +80,15 @@ export abstract class Optimizer<H extends GroupHyper> {
   /** State tensors a parameter with state must have, checked by loadStateDict. */
   protected requiredState(_group: ParamGroup<H>): string[] {
     return [];
+  }
+
+  /**
+   * The shape and dtype a saved state tensor `name` of `param` must have
+   * (loadStateDict checks the shape and casts to the dtype): the parameter's
+   * by default; optimizers with factored or quantised state say otherwise.
+   */
+  protected stateLayout(_name: string, param: Tensor): { shape: readonly number[]; dtype: DType } {
+    return { shape: param.shape, dtype: param.dtype };
   }
 
   /** Adds a group (e.g. layers unfrozen later); missing hyper-parameters come from the defaults. */
@@ -245,10 +255,12 @@ export abstract class Optimizer<H extends GroupHyper> {
       }
     }
     for (const [key, t] of tensors) {
-      const p = params[Number(STATE_KEY.exec(key)![1])];
+      const [, index, name] = STATE_KEY.exec(key)!;
+      const p = params[Number(index)];
       if (t.disposed) throw new Error(`${what}: state tensor "${key}" was disposed`);
-      if (!sameShape(t.shape, p.shape)) {
-        throw new Error(`${what}: "${key}" has shape [${t.shape}], its parameter [${p.shape}]`);
+      const want = this.stateLayout(name, p).shape;
+      if (!sameShape(t.shape, want)) {
+        throw new Error(`${what}: "${key}" has shape [${t.shape}], expected [${want}] (its parameter: [${p.shape}])`);
       }
     }
     // All checked: copy the tensors (cast like torch's load_state_dict), then swap.
@@ -260,8 +272,9 @@ export abstract class Optimizer<H extends GroupHyper> {
         const prefix = `state.${k}.`;
         for (const [key, t] of tensors) {
           if (!key.startsWith(prefix)) continue;
-          const moved = t.to(p.device, p.dtype);
-          st.tensors.set(key.slice(prefix.length), keep(clone(moved)));
+          const name = key.slice(prefix.length);
+          const moved = t.to(p.device, this.stateLayout(name, p).dtype);
+          st.tensors.set(name, keep(clone(moved)));
         }
         next.set(p, st);
       }
@@ -313,4 +326,16 @@ export function checkNonNegative(kind: string, name: string, v: unknown): void {
   if (typeof v !== "number" || !(v >= 0) || !Number.isFinite(v)) {
     throw new Error(`${kind}: invalid ${name}: ${v} (must be a finite number >= 0)`);
   }
+}
+
+/** Two numbers in [0, 1) (in [0, 1] when `closed`), or a clear error. */
+export function checkBetas(kind: string, betas: unknown, closed = false): void {
+  if (!Array.isArray(betas) || betas.length !== 2) {
+    throw new Error(`${kind}: betas must be two numbers, got ${JSON.stringify(betas)}`);
+  }
+  betas.forEach((b, i) => {
+    if (typeof b !== "number" || !(b >= 0 && (closed ? b <= 1 : b < 1))) {
+      throw new Error(`${kind}: invalid beta parameter at index ${i}: ${b} (must be in [0, 1${closed ? "]" : ")"})`);
+    }
+  });
 }
