@@ -137,7 +137,10 @@ export const dora: AdapterMethod<DoraOptions> = {
       inner = (method as AdapterMethod<never>).fromTensors(target, original, rest);
       const s = keep(
         scope(() =>
-          scaleT.to(base.weight.device, "float32").reshape(shape[0], ...shape.slice(1).map(() => 1)).clone(),
+          scaleT
+            .to(base.weight.device, "float32")
+            .reshape(shape[0], ...shape.slice(1).map(() => 1))
+            .clone(),
         ),
       );
       return new DoraModule(target, original, inner, s);

@@ -81,7 +81,18 @@ export const full: AdapterMethod<FullOptions> = {
       if (d.numel !== shape.reduce((a, b) => a * b, 1) || d.size(0) !== shape[0])
         throw new Error(`${target.name}: the full diff [${d.shape}] does not fit the layer's weight [${shape}]`);
       const w = base.weight;
-      return new FullModule(target, original, keep(scope(() => d.to(w.device, w.dtype).reshape(...shape).clone())));
+      return new FullModule(
+        target,
+        original,
+        keep(
+          scope(() =>
+            d
+              .to(w.device, w.dtype)
+              .reshape(...shape)
+              .clone(),
+          ),
+        ),
+      );
     } finally {
       for (const t of tensors.values()) t.dispose();
     }

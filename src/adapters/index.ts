@@ -12,6 +12,7 @@ export * from "./lora.js";
 export * from "./lora-file.js";
 export { LycorisModule } from "./lycoris-module.js";
 export * from "./network.js";
+export * from "./network-algo.js";
 export * from "./prompt-loras.js";
 export * from "./registry.js";
 export * from "./targets.js";

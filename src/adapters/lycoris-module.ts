@@ -65,7 +65,9 @@ export abstract class LycorisModule extends AdapterLayer {
     return scope(() => {
       let d = this.delta();
       if (this.training && rankDropout > 0) {
-        let drop = rand([d.size(0)], { device: d.device }).gt(rankDropout).to(d.dtype);
+        let drop = rand([d.size(0)], { device: d.device })
+          .gt(rankDropout)
+          .to(d.dtype);
         if (rankDropoutScale) drop = drop.div(drop.mean().clamp(1e-12));
         d = d.mul(drop.reshape(d.size(0), ...d.shape.slice(1).map(() => 1)));
       }

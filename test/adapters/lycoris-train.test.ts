@@ -65,8 +65,15 @@ function build(name: string): { layer: Linear | Conv2d; m: AdapterModule; saved:
   if (bias) layer.setParameter("bias", get(`${name}.org.bias`));
   const moduleName = meta.cases[name].lora_name;
   const saved = new Map<string, Tensor>();
-  for (const [k, t] of fx) if (k.startsWith(`${name}.${moduleName}.`)) saved.set(k.slice(name.length + moduleName.length + 2), t);
-  const target = { name: moduleName, path: "layer", component: "unet" as const, kind: layerKind(layer), weightShape: weightShape(layer) };
+  for (const [k, t] of fx)
+    if (k.startsWith(`${name}.${moduleName}.`)) saved.set(k.slice(name.length + moduleName.length + 2), t);
+  const target = {
+    name: moduleName,
+    path: "layer",
+    component: "unet" as const,
+    kind: layerKind(layer),
+    weightShape: weightShape(layer),
+  };
   const own = new Map([...saved].map(([k, t]) => [k, t.clone()] as [string, Tensor]));
   const m = methodOf(name).fromTensors(target, layer, own);
   return { layer, m, saved };
@@ -75,7 +82,10 @@ function build(name: string): { layer: Linear | Conv2d; m: AdapterModule; saved:
 const CASES = Object.keys(meta.cases);
 test("the fixture has every algorithm", () => {
   for (const p of ["locon", "loha", "lokr", "dora_locon", "dora_loha", "ia3", "full"])
-    assert.ok(CASES.some((c) => c.startsWith(`${p}_`)), p);
+    assert.ok(
+      CASES.some((c) => c.startsWith(`${p}_`)),
+      p,
+    );
 });
 
 for (const name of CASES) {
@@ -111,7 +121,13 @@ for (const name of CASES) {
       const params = m.trainableParameters();
       for (const p of params) p.requiresGrad_(true);
       const x = scope(() => get(`${name}.x`).clone()).requiresGrad_(true);
-      scope(() => m.forward(x).mul(get(`${name}.dy`)).sum().backward());
+      scope(() =>
+        m
+          .forward(x)
+          .mul(get(`${name}.dy`))
+          .sum()
+          .backward(),
+      );
       const tensors = m.adapterTensors();
       for (const [param, key] of Object.entries(meta.cases[name].trainable_to_saved_key)) {
         const t = tensors.get(key);
@@ -160,7 +176,11 @@ for (const name of CASES) {
       const got = Object.fromEntries([...m.adapterTensors()].map(([k, t]) => [`${target.name}.${k}`, t.shape]));
       assert.deepEqual(got, want);
       const alpha = m.adapterTensors().get("alpha");
-      if (alpha) assert.equal(scope(() => alpha.item()), (meta.cases[name] as unknown as { alpha_buffer: number }).alpha_buffer);
+      if (alpha)
+        assert.equal(
+          scope(() => alpha.item()),
+          (meta.cases[name] as unknown as { alpha_buffer: number }).alpha_buffer,
+        );
       for (const p of m.trainableParameters()) assert.equal(p.requiresGrad, true);
       scope(() => assert.ok(m.deltaWeight().abs().max().item() < 1e-5, "ΔW starts at zero"));
     } finally {

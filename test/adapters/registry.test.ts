@@ -7,9 +7,9 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { AdapterMethod, AdapterTarget, Layer } from "../../src/adapters/adapter.js";
-import { applyWeight } from "../../src/adapters/functional/lora.js";
 import { dora } from "../../src/adapters/dora.js";
 import { full } from "../../src/adapters/full.js";
+import { applyWeight } from "../../src/adapters/functional/lora.js";
 import { ia3 } from "../../src/adapters/ia3.js";
 import { loha } from "../../src/adapters/loha.js";
 import { lokr } from "../../src/adapters/lokr.js";
@@ -246,7 +246,10 @@ test("adding a method is its file and one registry line: detection, inject, save
     assert.ok(keys.every((k) => k.endsWith(".toy_delta")));
     assert.equal(fileKind(keys, registry), "lycoris");
     assert.equal(fileKind(keys), "tensors");
-    assert.throws(() => loadLoraFile(path), /keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full\)/);
+    assert.throws(
+      () => loadLoraFile(path),
+      /keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full\)/,
+    );
 
     loaded = loadLora(b, path, { registry });
     assert.equal(loaded.modules.length, net.modules.length);
