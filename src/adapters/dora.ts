@@ -10,7 +10,7 @@
 // model. LyCORIS 3.2 adds ΔW in full at every multiplier (see the fixture
 // README); Atelier follows the WebUIs, so merged and bypass agree.
 import { keep, rand, scope, type Tensor } from "../engine/index.js";
-import type { AdapterMethod, AdapterModule, AdapterTarget, Layer } from "./adapter.js";
+import type { AdapterMethod, AdapterTarget, Layer } from "./adapter.js";
 import { applyWeight } from "./functional/lora.js";
 import { doraDeltaWeight, rowNorms } from "./functional/lycoris.js";
 import { detects } from "./keys.js";
@@ -28,12 +28,12 @@ export type DoraOptions =
   | ({ inner: "lokr" } & LokrOptions);
 
 export class DoraModule extends AdapterLayer {
-  readonly inner: AdapterModule;
+  readonly inner: AdapterLayer;
   #scale: Tensor;
   readonly moduleDropout: number;
 
   /** Takes ownership of `inner` (built on the same layer, never in the tree) and of dora_scale (float32). */
-  constructor(target: AdapterTarget, original: Layer, inner: AdapterModule, doraScale: Tensor, moduleDropout = 0) {
+  constructor(target: AdapterTarget, original: Layer, inner: AdapterLayer, doraScale: Tensor, moduleDropout = 0) {
     super(target, original);
     this.inner = inner;
     inner.multiplier = 1;
@@ -50,7 +50,7 @@ export class DoraModule extends AdapterLayer {
   }
 
   protected delta(): Tensor {
-    return doraDeltaWeight(this.base.weight, this.inner.deltaWeight(), this.#scale);
+    return doraDeltaWeight(this.base.weight, this.inner.scaledDelta(), this.#scale);
   }
 
   protected bypass(x: Tensor): Tensor | null {
@@ -108,7 +108,7 @@ export const dora: AdapterMethod<DoraOptions> = {
     if ("dropout" in o && o.dropout) throw new Error(`${target.name}: DoRA does not take dropout (network.dropout)`);
     if (o.rankDropout) throw new Error(`${target.name}: DoRA does not take rank dropout (network.rank_dropout)`);
     const { moduleDropout, ...rest } = o;
-    const inner = (method as AdapterMethod<typeof rest>).create(target, original, rest);
+    const inner = (method as AdapterMethod<typeof rest>).create(target, original, rest) as AdapterLayer;
     try {
       const s = keep(scope(() => rowNorms(base.weight.float()).detach()));
       return new DoraModule(target, original, inner, s.requiresGrad_(true), moduleDropout ?? 0);
@@ -119,7 +119,7 @@ export const dora: AdapterMethod<DoraOptions> = {
   },
   fromTensors(target, original, tensors) {
     const scaleT = tensors.get("dora_scale");
-    let inner: AdapterModule | null = null;
+    let inner: AdapterLayer | null = null;
     try {
       const base = baseLayer(original);
       if (!base) throw new Error(`${target.name}: ${target.path} is not a Linear or Conv2d`);
@@ -134,7 +134,7 @@ export const dora: AdapterMethod<DoraOptions> = {
       const method = innerFor([...rest.keys()]);
       if (!method) throw new Error(`${target.name}: dora_scale without LoRA, LoHa or LoKr factors`);
       tensors.clear();
-      inner = (method as AdapterMethod<never>).fromTensors(target, original, rest);
+      inner = (method as AdapterMethod<never>).fromTensors(target, original, rest) as AdapterLayer;
       const s = keep(
         scope(() =>
           scaleT

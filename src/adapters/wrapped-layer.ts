@@ -102,6 +102,11 @@ export abstract class AdapterLayer extends Module implements AdapterModule {
     });
   }
 
+  /** ΔW in the factors' dtype, scale applied, without the multiplier (what DoRA decomposes). */
+  scaledDelta(): Tensor {
+    return this.delta();
+  }
+
   deltaWeight(): Tensor {
     const kept = this.#mergedDelta;
     return scope(() => (kept ?? this.delta().float()).mul(this.multiplier));

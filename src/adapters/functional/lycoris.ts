@@ -151,16 +151,17 @@ export function rowNorms(w: Tensor): Tensor {
 
 /**
  * DoRA's ΔW (LyCORIS weight_decompose, wd_on_out): V = W0 + ΔW, W' = V ·
- * dora_scale / (‖V_row‖ + ε), returned as W' − W0 (float32). The multiplier
+ * dora_scale / (‖V_row‖ + ε), returned as W' − W0 (float32, float64 for a float64 W0). The multiplier
  * then scales this whole difference, W0 + m·(W' − W0), as A1111's
  * network.py apply_weight_decompose and ComfyUI's weight_decompose do;
  * LyCORIS 3.2 instead adds ΔW in full and interpolates only the norm scale.
  */
 export function doraDeltaWeight(w0: Tensor, delta: Tensor, doraScale: Tensor): Tensor {
   return scope(() => {
-    const base = w0.float();
-    const v = base.add(delta.float());
-    const s = doraScale.float().div(rowNorms(v).add(DORA_EPS));
+    const dt = w0.dtype === "float64" ? "float64" : "float32";
+    const base = w0.to(dt);
+    const v = base.add(delta.to(dt));
+    const s = doraScale.to(dt).div(rowNorms(v).add(DORA_EPS));
     return v.mul(s).sub(base);
   });
 }
@@ -171,6 +172,7 @@ export function ia3DeltaWeight(w0: Tensor, w: Tensor, onInput: boolean): Tensor 
     const ones = w0.shape.slice(2).map(() => 1);
     const v = w.reshape(-1);
     const scale = onInput ? v.reshape(1, v.size(0), ...ones) : v.reshape(v.size(0), 1, ...ones);
-    return w0.float().mul(scale.float());
+    const dt = w0.dtype === "float64" ? "float64" : "float32";
+    return w0.to(dt).mul(scale.to(dt));
   });
 }
