@@ -1,8 +1,12 @@
 // DoRA, LyCORIS' weight_decompose (KohakuBlueleaf/LyCORIS
 // lycoris/modules/locon.py, loha.py, lokr.py apply_weight_decompose with
 // wd_on_out): a LoRA/LoCon, LoHa or LoKr ΔW, then W' = (W0 + ΔW) ·
-// dora_scale / ‖(W0 + ΔW)_row‖, dora_scale [out, 1(, 1, 1)] starting at the
-// row norms of W0 and trained with the factors. Files hold the inner
+// dora_scale / ‖W0 + ΔW‖ over output rows (dora_scale [out, 1(, 1, 1)],
+// LyCORIS' default) or input columns ([1, in(, 1, 1)]), starting at the
+// norms of W0 and trained with the factors. Atelier trains the input-column
+// form by default: A1111 normalises only that axis and ComfyUI's output-axis
+// branch takes the norm of W0 instead of W0 + ΔW, so it is the one form
+// both read as the math says. Files hold the inner
 // method's keys plus `dora_scale`, as LyCORIS writes them. The multiplier
 // scales W' − W0 as a whole (AUTOMATIC1111 extensions-builtin/Lora/
 // network.py apply_weight_decompose + finalize_updown; ComfyUI
@@ -12,7 +16,7 @@
 import { keep, rand, scope, type Tensor } from "../engine/index.js";
 import type { AdapterMethod, AdapterTarget, Layer } from "./adapter.js";
 import { applyWeight } from "./functional/lora.js";
-import { doraDeltaWeight, rowNorms } from "./functional/lycoris.js";
+import { columnNorms, doraDeltaWeight, rowNorms } from "./functional/lycoris.js";
 import { detects } from "./keys.js";
 import { type LohaOptions, loha } from "./loha.js";
 import { type LokrOptions, lokr } from "./lokr.js";
@@ -22,10 +26,12 @@ import { AdapterLayer, baseLayer, weightShape } from "./wrapped-layer.js";
 /** The methods DoRA decomposes. */
 export const DORA_INNER = [lora, loha, lokr] as const;
 
-export type DoraOptions =
+/** onOutput: LyCORIS wd_on_out (dora_scale [out, 1, …]); default the input axis, which A1111 and ComfyUI read alike. */
+export type DoraOptions = { onOutput?: boolean } & (
   | ({ inner: "lora" } & LoraOptions)
   | ({ inner: "loha" } & LohaOptions)
-  | ({ inner: "lokr" } & LokrOptions);
+  | ({ inner: "lokr" } & LokrOptions)
+);
 
 export class DoraModule extends AdapterLayer {
   readonly inner: AdapterLayer;
@@ -107,10 +113,10 @@ export const dora: AdapterMethod<DoraOptions> = {
     if (!method) throw new Error(`${target.name}: DoRA decomposes lora, loha or lokr, not '${o.inner}'`);
     if ("dropout" in o && o.dropout) throw new Error(`${target.name}: DoRA does not take dropout (network.dropout)`);
     if (o.rankDropout) throw new Error(`${target.name}: DoRA does not take rank dropout (network.rank_dropout)`);
-    const { moduleDropout, ...rest } = o;
+    const { moduleDropout, onOutput, ...rest } = o;
     const inner = (method as AdapterMethod<typeof rest>).create(target, original, rest) as AdapterLayer;
     try {
-      const s = keep(scope(() => rowNorms(base.weight.float()).detach()));
+      const s = keep(scope(() => (onOutput ? rowNorms : columnNorms)(base.weight.float()).detach()));
       return new DoraModule(target, original, inner, s.requiresGrad_(true), moduleDropout ?? 0);
     } catch (e) {
       inner.disposeAdapter();
@@ -125,10 +131,17 @@ export const dora: AdapterMethod<DoraOptions> = {
       if (!base) throw new Error(`${target.name}: ${target.path} is not a Linear or Conv2d`);
       const shape = weightShape(base);
       if (!scaleT) throw new Error(`${target.name}: dora_scale is missing`);
-      if (scaleT.numel !== shape[0] || scaleT.size(0) !== shape[0])
+      const onOutput = scaleT.numel === shape[0] && scaleT.size(0) === shape[0];
+      const onInput =
+        scaleT.numel === shape[1] && scaleT.ndim >= 2 && scaleT.size(0) === 1 && scaleT.size(1) === shape[1];
+      if (!onOutput && !onInput)
         throw new Error(
-          `${target.name}: dora_scale [${scaleT.shape}] does not fit the layer's ${shape[0]} output rows (LyCORIS wd_on_out; weight [${shape}])`,
+          `${target.name}: dora_scale [${scaleT.shape}] fits neither the layer's ${shape[0]} output rows ([${shape[0]}, 1, …]) nor its ${shape[1]} input columns ([1, ${shape[1]}, …]) (weight [${shape}])`,
         );
+      const scaleShape =
+        onOutput && !onInput
+          ? [shape[0], ...shape.slice(1).map(() => 1)]
+          : [1, shape[1], ...shape.slice(2).map(() => 1)];
       const rest = new Map([...tensors].filter(([k]) => k !== "dora_scale"));
       tensors.delete("dora_scale");
       const method = innerFor([...rest.keys()]);
@@ -139,7 +152,7 @@ export const dora: AdapterMethod<DoraOptions> = {
         scope(() =>
           scaleT
             .to(base.weight.device, "float32")
-            .reshape(shape[0], ...shape.slice(1).map(() => 1))
+            .reshape(...scaleShape)
             .clone(),
         ),
       );

@@ -39,6 +39,8 @@ export interface NetworkOptions {
   useTucker?: boolean;
   /** DoRA on top of locon/loha/lokr (LyCORIS dora_wd); algo dora is LoRA/LoCon with it. */
   weightDecompose?: boolean;
+  /** DoRA norms over output rows (LyCORIS wd_on_out) instead of input columns (what A1111 reads). */
+  doraOnOutput?: boolean;
   unet?: boolean;
   textEncoder?: boolean;
   generator?: Generator;
@@ -91,6 +93,7 @@ function plan(o: NetworkOptions, t: AdapterTarget): { method: AdapterMethod<unkn
     dtype: o.dtype,
     rankDropout: o.rankDropout,
     moduleDropout: o.moduleDropout,
+    onOutput: o.doraOnOutput,
   };
   const dropouts = { rankDropoutScale: o.rankDropoutScale };
   switch (o.algo) {
@@ -153,7 +156,10 @@ export function networkArgs(o: NetworkOptions): Record<string, string> {
     if (o.decomposeBoth) a.decompose_both = "True";
   }
   if (o.useTucker) a.use_tucker = "True";
-  if (o.algo === "dora" || o.weightDecompose) a.dora_wd = "True";
+  if (o.algo === "dora" || o.weightDecompose) {
+    a.dora_wd = "True";
+    a.wd_on_out = o.doraOnOutput ? "True" : "False";
+  }
   return a;
 }
 

@@ -162,6 +162,7 @@ function optionsOf(name: string): Record<string, unknown> {
     factor: k.factor,
     decomposeBoth: k.decompose_both,
     useTucker: k.use_tucker,
+    onOutput: true, // the fixture's LyCORIS default wd_on_out
   };
 }
 

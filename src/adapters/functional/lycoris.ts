@@ -149,19 +149,39 @@ export function rowNorms(w: Tensor): Tensor {
   );
 }
 
+/** ‖W[:, i]‖₂ over every dimension but the second, kept as [1, in(, 1, 1)] (LyCORIS wd_on_out=False, A1111's axis). */
+export function columnNorms(w: Tensor): Tensor {
+  return scope(() =>
+    w
+      .transpose(0, 1)
+      .reshape(w.size(1), -1)
+      .norm(2, 1, true)
+      .reshape(1, w.size(1), ...w.shape.slice(2).map(() => 1)),
+  );
+}
+
+/** Whether a dora_scale normalises output rows ([out, 1, …]) rather than input columns ([1, in, …]). */
+export function doraOnOutput(doraScale: Tensor, weightShape: readonly number[]): boolean {
+  return doraScale.size(0) === weightShape[0] && doraScale.numel === weightShape[0] && !(weightShape[0] === 1);
+}
+
 /**
- * DoRA's ΔW (LyCORIS weight_decompose, wd_on_out): V = W0 + ΔW, W' = V ·
- * dora_scale / (‖V_row‖ + ε), returned as W' − W0 (float32, float64 for a float64 W0). The multiplier
- * then scales this whole difference, W0 + m·(W' − W0), as A1111's
- * network.py apply_weight_decompose and ComfyUI's weight_decompose do;
- * LyCORIS 3.2 instead adds ΔW in full and interpolates only the norm scale.
+ * DoRA's ΔW (LyCORIS weight_decompose): V = W0 + ΔW, W' = V · dora_scale /
+ * (‖V‖ + ε), the norm over output rows (wd_on_out, dora_scale [out, 1, …])
+ * or input columns (dora_scale [1, in, …], the axis A1111's
+ * extensions-builtin/Lora/network.py apply_weight_decompose normalises and
+ * the one ComfyUI's comfy/weight_adapter/base.py weight_decompose takes
+ * from V), returned as W' − W0 (float32, float64 for a float64 W0). The
+ * multiplier then scales this whole difference, W0 + m·(W' − W0), as A1111
+ * and ComfyUI do; LyCORIS 3.2 instead adds ΔW in full at every multiplier.
  */
 export function doraDeltaWeight(w0: Tensor, delta: Tensor, doraScale: Tensor): Tensor {
   return scope(() => {
     const dt = w0.dtype === "float64" ? "float64" : "float32";
     const base = w0.to(dt);
     const v = base.add(delta.to(dt));
-    const s = doraScale.to(dt).div(rowNorms(v).add(DORA_EPS));
+    const norms = doraOnOutput(doraScale, w0.shape) ? rowNorms(v) : columnNorms(v);
+    const s = doraScale.to(dt).div(norms.add(DORA_EPS));
     return v.mul(s).sub(base);
   });
 }

@@ -27,6 +27,7 @@ export const NETWORK_ARGS: Readonly<Record<string, readonly [string, Parse]>> = 
   use_tucker: ["use_tucker", bool],
   use_cp: ["use_tucker", bool],
   dora_wd: ["weight_decompose", bool],
+  wd_on_out: ["dora_on_output", bool],
 };
 
 /** Keys LyCORIS knows that Atelier does not train, with why. */

@@ -49,6 +49,10 @@ const LORA_FIELDS = {
     default: false,
     doc: "DoRA on top of locon/loha/lokr (LyCORIS dora_wd); algo dora = LoRA + this",
   }),
+  dora_on_output: f.bool({
+    default: false,
+    doc: "DoRA norms over output rows (LyCORIS wd_on_out) instead of input columns, the axis A1111 and ComfyUI both read",
+  }),
   network_args: f.list(f.text({ nonEmpty: true, doc: "KEY=VALUE" }), {
     default: [],
     doc: "kohya/LyCORIS network_args (conv_dim=8, algo=loha, …), mapped to the lora.* fields",
@@ -83,6 +87,7 @@ function networkOptions(l: TrainLora, textEncoder: boolean) {
     decomposeBoth: l.decompose_both,
     useTucker: l.use_tucker,
     weightDecompose: l.weight_decompose,
+    doraOnOutput: l.dora_on_output,
     unet: l.unet,
     textEncoder,
     field: (k: string) => fields[k] ?? `lora.${k}`,
