@@ -136,3 +136,11 @@ for (const name of Object.keys(CASES)) {
     }
   });
 }
+
+test("inspect names the algorithm, ranks and modules of a LyCORIS file", async () => {
+  const { inspectFile } = await import("../../src/tools/inspect.js");
+  const r = inspectFile(write("lokr")) as unknown as Record<string, unknown>;
+  const text = JSON.stringify(r);
+  assert.match(text, /LyCORIS \(LoKr\): \d+ modules \(\d+ text encoder\), rank 2/);
+  assert.match(JSON.stringify(inspectFile(write("dora-loha"))), /LyCORIS \(DoRA\): \d+ modules/);
+});
