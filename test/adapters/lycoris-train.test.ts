@@ -16,7 +16,7 @@ import { loha } from "../../src/adapters/loha.js";
 import { lokr } from "../../src/adapters/lokr.js";
 import { lora } from "../../src/adapters/lora.js";
 import { layerKind, weightShape } from "../../src/adapters/wrapped-layer.js";
-import { disposeAll, noGrad, scope, type Tensor } from "../../src/engine/index.js";
+import { disposeAll, noGrad, scope, type Tensor, zeros } from "../../src/engine/index.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { Conv2d, Linear } from "../../src/nn/index.js";
 import { assertClose, checkLeaks, sharedFixture } from "../helpers.js";
@@ -190,3 +190,44 @@ for (const name of CASES) {
     }
   });
 }
+
+test("factors that do not fit the layer are refused, naming the module; the tensors are freed", () => {
+  const layer = new Linear(8, 4, true, { mode: "empty" });
+  const target = {
+    name: "lora_x",
+    path: "x",
+    component: "unet" as const,
+    kind: "linear" as const,
+    weightShape: [4, 8],
+  };
+  const bad = (method: AdapterMethod<never>, shapes: Record<string, number[]>, message: RegExp) => {
+    const own = new Map(
+      Object.entries(shapes).map(([k, s]) => [
+        k,
+        scope(() => zeros(s, { dtype: k === "on_input" ? "int64" : "float32" })),
+      ]),
+    );
+    assert.throws(() => method.fromTensors(target, layer, own), message);
+    for (const t of own.values()) assert.equal(t.disposed, true);
+  };
+  const d = dora as AdapterMethod<never>;
+  bad(
+    d,
+    { "lora_down.weight": [2, 8], "lora_up.weight": [4, 2], dora_scale: [5, 1] },
+    /lora_x: dora_scale \[5,1\] fits neither/,
+  );
+  bad(d, { dora_scale: [4, 1] }, /lora_x: dora_scale without LoRA, LoHa or LoKr factors/);
+  bad(ia3 as AdapterMethod<never>, { weight: [5], on_input: [] }, /lora_x: the \(IA\)³ weight \[5\] does not fit/);
+  bad(full as AdapterMethod<never>, { diff: [4, 9] }, /lora_x: the full diff \[4,9\] does not fit/);
+  bad(
+    loha as AdapterMethod<never>,
+    { hada_w1_a: [4, 2], hada_w1_b: [2, 9], hada_w2_a: [4, 2], hada_w2_b: [2, 9] },
+    /lora_x: the LoHa factors/,
+  );
+  const t = { ...target };
+  assert.throws(
+    () => (loha as AdapterMethod<unknown>).create(t, layer, { rank: 5 }),
+    /lora_x: LoHa rank 5 is larger than the layer/,
+  );
+  layer.dispose();
+});
