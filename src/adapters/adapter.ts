@@ -77,6 +77,8 @@ export interface AdapterKeys {
   readonly rank: readonly string[];
   /** Keys of variants that files of this method may have and Atelier refuses, with what they are. */
   readonly refused: Readonly<Record<string, string>>;
+  /** Methods this one wraps: when both detect a module, it is this one's (DoRA over LoRA, LoHa, LoKr). */
+  readonly overrides?: readonly string[];
 }
 
 /** What every adapter method declares, whatever its kind. */

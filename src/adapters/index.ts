@@ -1,14 +1,18 @@
-// Adapters: the interface, one file per method (LoRA/LoCon trains and loads; LoHa, LoKr load), the
+// Adapters: the interface, one file per method (LoRA/LoCon, LoHa, LoKr, DoRA, (IA)³, full train and load), the
 // registry they are listed in, networks over a model.
 export * from "./adapter.js";
+export * from "./dora.js";
+export * from "./full.js";
 export * from "./functional/lora.js";
 export * from "./functional/lycoris.js";
+export * from "./ia3.js";
 export * from "./loha.js";
 export * from "./lokr.js";
 export * from "./lora.js";
 export * from "./lora-file.js";
 export { LycorisModule } from "./lycoris-module.js";
 export * from "./network.js";
+export * from "./network-algo.js";
 export * from "./prompt-loras.js";
 export * from "./registry.js";
 export * from "./targets.js";

@@ -37,6 +37,8 @@ export interface LoraOptions extends LoraDropout {
   generator?: Generator;
   /** dtype of the LoRA tensors (default: the layer's). */
   dtype?: DType;
+  /** LoCon's Tucker form for k×k convs (LyCORIS locon.py use_tucker): down 1×1, lora_mid [r, r, kh, kw]. */
+  useTucker?: boolean;
 }
 
 export class LoraModule extends AdapterLayer {
@@ -131,7 +133,7 @@ export const lora: AdapterMethod<LoraOptions> = {
     detect: [["lora_down.weight", "lora_up.weight"]],
     required: [[["lora_down.weight"]], [["lora_up.weight"]]],
     rank: ["lora_down.weight"],
-    refused: { dora_scale: "DoRA weights" },
+    refused: {},
   },
   supports: () => true,
 
@@ -143,17 +145,20 @@ export const lora: AdapterMethod<LoraOptions> = {
     const w = base.weight;
     const like = { dtype: o.dtype ?? w.dtype, device: w.device };
     const ones = kernel.map(() => 1);
-    const down = keep(empty([o.rank, inDim, ...kernel], like));
+    const tucker = (o.useTucker ?? false) && kernel.some((k) => k !== 1);
+    const down = keep(empty([o.rank, inDim, ...(tucker ? ones : kernel)], like));
+    const mid = tucker ? keep(empty([o.rank, o.rank, ...kernel], like)) : null;
     const up = keep(empty([out, o.rank, ...ones], like));
     noGrad(() => {
       // torch.nn.init.kaiming_uniform_(a=√5) = U(±1/√fan_in), as microsoft/LoRA; up starts at zero
-      const bound = 1 / Math.sqrt(inDim * kernel.reduce((a, b) => a * b, 1));
-      uniform_(down, -bound, bound, o.generator);
+      for (const t of mid ? [down, mid] : [down]) {
+        const bound = 1 / Math.sqrt(t.numel / t.size(0));
+        uniform_(t, -bound, bound, o.generator);
+      }
       up.zero_();
     });
-    down.requiresGrad_(true);
-    up.requiresGrad_(true);
-    return new LoraModule(target, original, { down, up }, o.alpha ?? 1, o);
+    for (const t of [down, up, mid]) t?.requiresGrad_(true);
+    return new LoraModule(target, original, { down, up, mid }, o.alpha ?? 1, o);
   },
 
   fromTensors(target, original, tensors) {

@@ -1,18 +1,30 @@
-// What LyCORIS's LoHa and LoKr modules share when applied from files
-// (KohakuBlueleaf/LyCORIS lycoris/modules/base.py; AUTOMATIC1111
-// extensions-builtin/Lora/network.py NetworkModule): factors held by file
-// key, alpha, scale = alpha / rank from the method's rank keys, and a bypass
-// forward that builds ΔW and runs x through it, as LyCORIS does for LoHa.
-// Each method (./loha.ts, ./lokr.ts) says how its factors make ΔW.
-import { keep, scope, type Tensor } from "../engine/index.js";
+// What LyCORIS's LoHa and LoKr modules share (KohakuBlueleaf/LyCORIS
+// lycoris/modules/base.py; AUTOMATIC1111 extensions-builtin/Lora/network.py
+// NetworkModule): factors held by file key, alpha, scale = alpha / rank from
+// the method's rank keys, and a bypass forward that builds ΔW and runs x
+// through it, as LyCORIS does for LoHa. While training, rank dropout and
+// module dropout as LyCORIS loha.py / lokr.py define them: rank dropout
+// zeroes whole output rows of ΔW (optionally rescaled by the kept mean),
+// module dropout skips the module for a step. Each method (./loha.ts,
+// ./lokr.ts) says how its factors make ΔW.
+import { type Generator, keep, noGrad, rand, scope, type Tensor, uniform_ } from "../engine/index.js";
 import type { AdapterKeys, AdapterMethod, AdapterTarget, Layer } from "./adapter.js";
 import { applyWeight, loraScale } from "./functional/lora.js";
 import { missingKey, rankKey } from "./keys.js";
 import { AdapterLayer, baseLayer, weightShape } from "./wrapped-layer.js";
 
+/** LyCORIS' dropouts for LoHa and LoKr (base.py): rank_dropout, rank_dropout_scale, module_dropout. */
+export interface LycorisDropout {
+  rankDropout?: number;
+  /** Divide the kept rows by their mean (LyCORIS rank_dropout_scale). */
+  rankDropoutScale?: boolean;
+  moduleDropout?: number;
+}
+
 /** A module whose ΔW is rebuilt from factors held by their file keys. */
 export abstract class LycorisModule extends AdapterLayer {
   readonly rank: number | null;
+  readonly dropoutRates: Required<LycorisDropout>;
   readonly alpha: number | null;
   readonly scale: number;
   #tensors: Map<string, Tensor>;
@@ -25,8 +37,14 @@ export abstract class LycorisModule extends AdapterLayer {
     keys: AdapterKeys,
     tensors: Map<string, Tensor>,
     alpha: Tensor | null,
+    o: LycorisDropout = {},
   ) {
     super(target, original);
+    this.dropoutRates = {
+      rankDropout: o.rankDropout ?? 0,
+      rankDropoutScale: o.rankDropoutScale ?? false,
+      moduleDropout: o.moduleDropout ?? 0,
+    };
     this.#tensors = tensors;
     this.#alphaTensor = alpha;
     const r = rankKey(keys, (k) => tensors.has(k));
@@ -41,9 +59,18 @@ export abstract class LycorisModule extends AdapterLayer {
     return this.#tensors.get(key) ?? null;
   }
 
-  protected bypass(x: Tensor): Tensor {
+  protected bypass(x: Tensor): Tensor | null {
+    const { rankDropout, rankDropoutScale, moduleDropout } = this.dropoutRates;
+    if (this.training && moduleDropout > 0 && scope(() => rand([1]).item()) < moduleDropout) return null;
     return scope(() => {
-      const d = this.delta();
+      let d = this.delta();
+      if (this.training && rankDropout > 0) {
+        let drop = rand([d.size(0)], { device: d.device })
+          .gt(rankDropout)
+          .to(d.dtype);
+        if (rankDropoutScale) drop = drop.div(drop.mean().clamp(1e-12));
+        d = d.mul(drop.reshape(d.size(0), ...d.shape.slice(1).map(() => 1)));
+      }
       return applyWeight(x.dtype === d.dtype ? x : x.to(d.dtype), d, this.op);
     });
   }
@@ -62,6 +89,19 @@ export abstract class LycorisModule extends AdapterLayer {
     for (const t of this.#tensors.values()) t.dispose();
     this.#alphaTensor?.dispose();
   }
+}
+
+/** torch.nn.init.kaiming_uniform_(t, a=√5): U(±1/√fan_in), fan_in = numel / size(0). */
+export function kaimingUniform_(t: Tensor, generator?: Generator): Tensor {
+  const bound = 1 / Math.sqrt(t.numel / t.size(0));
+  noGrad(() => uniform_(t, -bound, bound, generator));
+  return t;
+}
+
+/** Checks a LyCORIS rank option, naming the module. */
+export function checkRank(target: AdapterTarget, label: string, rank: number): void {
+  if (!Number.isInteger(rank) || rank < 1)
+    throw new Error(`${target.name}: ${label} rank (dim) must be a positive integer, got ${rank}`);
 }
 
 type Make = (

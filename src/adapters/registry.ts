@@ -5,13 +5,16 @@
 // incomplete or refused modules, and tools/inspect.ts's classifier are all
 // derived here from what each method declares (AdapterKeys).
 import { type Adapter, type AdapterMethod, isWeightDelta } from "./adapter.js";
+import { dora } from "./dora.js";
+import { full } from "./full.js";
+import { ia3 } from "./ia3.js";
 import { detects, missingKey, partialDetection } from "./keys.js";
 import { loha } from "./loha.js";
 import { lokr } from "./lokr.js";
 import { lora } from "./lora.js";
 
 /** Every adapter method, in detection order. */
-export const ADAPTERS: readonly Adapter[] = [lora, loha, lokr];
+export const ADAPTERS: readonly Adapter[] = [lora, loha, lokr, dora, ia3, full];
 
 /** A set of methods and what is derived from their keys. */
 export interface AdapterRegistry {
@@ -51,8 +54,15 @@ export function adapterRegistry(adapters: readonly Adapter[]): AdapterRegistry {
   // longest first, so `lora_down.weight` wins over a shorter key it ends with
   const suffixes = [...keys, ...refused.keys()].sort((a, b) => b.length - a.length);
 
-  const methodFor = (k: readonly string[]): AdapterMethod<never> | string => {
+  /** The methods that detect these keys, less those another detecting method overrides (DoRA over LoRA). */
+  const detecting = (k: readonly string[]): AdapterMethod<never>[] => {
     const found = methods.filter((m) => detects(m.keys, k));
+    const overridden = new Set(found.flatMap((m) => m.keys.overrides ?? []));
+    return found.filter((m) => !overridden.has(m.name));
+  };
+
+  const methodFor = (k: readonly string[]): AdapterMethod<never> | string => {
+    const found = detecting(k);
     if (found.length === 1) {
       const missing = missingKey(found[0].keys, k);
       return missing ? `${missing} is missing` : found[0];
@@ -75,12 +85,14 @@ export function adapterRegistry(adapters: readonly Adapter[]): AdapterRegistry {
       if (list) list.push(suffix);
       else out.set(name, [suffix]);
     }
+    // (IA)³'s bare `weight` names a module only beside another adapter key (on_input): not every `x.weight` is one
+    for (const [name, k] of out) if (k.every((key) => key === "weight")) out.delete(name);
     return out;
   };
 
   const methodsIn = (fileKeys: readonly string[]): AdapterMethod<never>[] => {
     const seen = new Set<AdapterMethod<never>>();
-    for (const k of modules(fileKeys).values()) for (const m of methods) if (detects(m.keys, k)) seen.add(m);
+    for (const k of modules(fileKeys).values()) for (const m of detecting(k)) seen.add(m);
     return methods.filter((m) => seen.has(m));
   };
 

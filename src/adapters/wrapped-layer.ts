@@ -4,7 +4,7 @@
 // path), and folds its ΔW into the original weight on merge. The original
 // is not a child: the tree's parameter keys stay the diffusers keys (the
 // wrapper reports the original's parameters under its own path).
-import { noGrad, scope, type Tensor } from "../engine/index.js";
+import { keep, noGrad, scope, type Tensor } from "../engine/index.js";
 import { Conv2d, Linear, Module } from "../nn/index.js";
 import type { AdapterModule, AdapterTarget, Layer, LayerKind } from "./adapter.js";
 import type { LayerOp } from "./functional/lora.js";
@@ -35,6 +35,8 @@ export function weightShape(l: Linear | Conv2d): number[] {
 export abstract class AdapterLayer extends Module implements AdapterModule {
   #original: Layer;
   #mergedWith: number | null = null;
+  /** ΔW as merged, for methods whose ΔW depends on the weight it is merged into (DoRA, (IA)³). */
+  #mergedDelta: Tensor | null = null;
   multiplier = 1;
   /** The Linear/Conv2d whose weight this adapter changes. */
   readonly base: Linear | Conv2d;
@@ -80,6 +82,15 @@ export abstract class AdapterLayer extends Module implements AdapterModule {
   abstract adapterTensors(): Map<string, Tensor>;
   abstract trainableParameters(): Tensor[];
   abstract disposeAdapter(): void;
+  /** Frees the ΔW kept by merge (weight-dependent methods call it in disposeAdapter). */
+  protected releaseMergedDelta(): void {
+    this.#mergedDelta?.dispose();
+    this.#mergedDelta = null;
+  }
+  /** True when ΔW is computed from the original weight (DoRA, (IA)³): merge then keeps the ΔW it added. */
+  protected get weightDependent(): boolean {
+    return false;
+  }
 
   forward(x: Tensor): Tensor {
     return scope(() => {
@@ -91,8 +102,14 @@ export abstract class AdapterLayer extends Module implements AdapterModule {
     });
   }
 
+  /** ΔW in the factors' dtype, scale applied, without the multiplier (what DoRA decomposes). */
+  scaledDelta(): Tensor {
+    return this.delta();
+  }
+
   deltaWeight(): Tensor {
-    return scope(() => this.delta().float().mul(this.multiplier));
+    const kept = this.#mergedDelta;
+    return scope(() => (kept ?? this.delta().float()).mul(this.multiplier));
   }
 
   merge(): void {
@@ -113,8 +130,13 @@ export abstract class AdapterLayer extends Module implements AdapterModule {
     noGrad(() =>
       scope(() => {
         const w = this.base.weight;
-        const d = this.delta().to(w.device, "float32");
+        const d = this.#mergedDelta ?? this.delta().to(w.device, "float32");
         w.copy_(w.float().add(d, m));
+        if (!this.weightDependent) return;
+        if (this.#mergedDelta) {
+          this.#mergedDelta.dispose();
+          this.#mergedDelta = null;
+        } else this.#mergedDelta = keep(d);
       }),
     );
   }

@@ -60,15 +60,16 @@ export function fileKind(keys: string[], registry: AdapterRegistry = ADAPTER_REG
   return "tensors";
 }
 
-/** The rank of the first module whose method has a rank key (LoRA's lora_down.weight, LoHa's hada_w1_b, …). */
-function firstRank(keys: string[], info: TensorSource["info"]): number | undefined {
+/** The distinct ranks of the modules whose method has a rank key (LoRA's lora_down.weight, LoHa's hada_w1_b, …), in file order. */
+function ranks(keys: string[], info: TensorSource["info"]): number[] {
   const registry = ADAPTER_REGISTRY;
+  const out = new Set<number>();
   for (const [name, k] of registry.modules(keys)) {
     const method = registry.methodFor(k);
     const key = typeof method === "string" ? null : rankKey(method.keys, (x) => k.includes(x));
-    if (key) return info(`${name}.${key}`).shape[0];
+    if (key) out.add(info(`${name}.${key}`).shape[0]);
   }
-  return undefined;
+  return [...out];
 }
 
 function describe(kind: FileKind, keys: string[], info: TensorSource["info"]): string {
@@ -77,8 +78,11 @@ function describe(kind: FileKind, keys: string[], info: TensorSource["info"]): s
     case "lycoris": {
       const modules = new Set(keys.map((k) => k.split(".")[0]));
       const te = [...modules].filter((m) => m.startsWith("lora_te")).length;
-      const rank = firstRank(keys, info);
-      return `${kind === "lora" ? "LoRA" : "LyCORIS"}: ${modules.size} modules (${te} text encoder)${rank ? `, rank ${rank}` : ""}`;
+      const r = ranks(keys, info);
+      // the algorithms of the modules (LoHa, LoKr, DoRA, (IA)³, full, …), named for LyCORIS files
+      const algos = ADAPTER_REGISTRY.methodsIn(keys).map((m) => m.label);
+      const what = kind === "lora" ? "LoRA" : `LyCORIS (${algos.join(", ")})`;
+      return `${what}: ${modules.size} modules (${te} text encoder)${r.length ? `, rank${r.length > 1 ? "s" : ""} ${r.join(", ")}` : ""}`;
     }
     case "embedding": {
       const k = keys.find((x) => x === "emb_params" || x === "string_to_param.*") ?? keys[0];

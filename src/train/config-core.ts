@@ -234,6 +234,8 @@ export const FOREIGN_NAMES: Readonly<Record<string, string>> = {
   network_train_unet_only: "lora.text_encoder (false)",
   network_train_text_encoder_only: "lora.unet (false)",
   conv_dim: "lora.conv_rank",
+  network_module: "lora.algo",
+  network_args: "lora.network_args",
   shuffle_caption: "concepts[].shuffle_tags",
   keep_tokens: "concepts[].keep_tokens",
   caption_extension: "concepts[].caption_extension",

@@ -154,12 +154,12 @@ test("PEFT: adapter_config.json gives alpha, alpha_pattern and rsLoRA's alpha·�
   assert.throws(() => loadLoraFile(folder), /DoRA adapters \(use_dora\) are not supported/);
 });
 
-test("refused by name: DoRA, SDXL, unknown keys, half modules, non-LoRA files, missing files", () => {
+test("refused by name: full bias diffs, PEFT DoRA, SDXL, unknown keys, half modules, non-LoRA files, missing files", () => {
   const name = "lora_unet_down_blocks_0_attentions_0_proj_in";
   const cases: [Record<string, number[] | [[number]]>, RegExp][] = [
     [
-      { [`${name}.lora_down.weight`]: [2, 8], [`${name}.lora_up.weight`]: [8, 2], [`${name}.dora_scale`]: [1, 8] },
-      /DoRA weights \('lora_unet_down_blocks_0_attentions_0_proj_in\.dora_scale'\) are not supported/,
+      { [`${name}.diff`]: [8, 8], [`${name}.diff_b`]: [8] },
+      /full bias differences \('lora_unet_down_blocks_0_attentions_0_proj_in\.diff_b'\) are not supported/,
     ],
     [{ [`unet.${ATTN}.to_q.lora_A.weight`]: [2, 8], [`unet.${ATTN}.to_q.lora_magnitude_vector`]: [8] }, /DoRA/],
     [
@@ -168,8 +168,8 @@ test("refused by name: DoRA, SDXL, unknown keys, half modules, non-LoRA files, m
     ],
     [{ "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": [2, 8] }, /LDM\/SGM layout/],
     [
-      { [`${name}.diff`]: [8, 8] },
-      /1 keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr\): lora_unet_down_blocks_0_attentions_0_proj_in\.diff/,
+      { [`${name}.oft_blocks`]: [8, 8] },
+      /1 keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full\): lora_unet_down_blocks_0_attentions_0_proj_in\.oft_blocks/,
     ],
     [
       { [`${name}.lora_down.weight`]: [2, 8] },

@@ -7,7 +7,10 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { AdapterMethod, AdapterTarget, Layer } from "../../src/adapters/adapter.js";
+import { dora } from "../../src/adapters/dora.js";
+import { full } from "../../src/adapters/full.js";
 import { applyWeight } from "../../src/adapters/functional/lora.js";
+import { ia3 } from "../../src/adapters/ia3.js";
 import { loha } from "../../src/adapters/loha.js";
 import { lokr } from "../../src/adapters/lokr.js";
 import { lora } from "../../src/adapters/lora.js";
@@ -59,11 +62,18 @@ test("lycoris_deltas: every module's keys are registry keys, of the method its c
   assert.equal(fileKind(keys), "lycoris");
 });
 
-test("lycoris_train: its DoRA key (dora_scale) is one the registry knows and refuses", () => {
+test("lycoris_train: every module's keys are registry keys of its case's method (DoRA, (IA)³ and full included)", () => {
   const keys = keysOf(sharedFixture("adapters/lycoris_train.safetensors"));
-  assert.ok(keys.some((k) => k.endsWith(".dora_scale")));
-  assert.equal(ADAPTER_REGISTRY.refused.get("dora_scale"), "DoRA weights");
-  assert.ok(!ADAPTER_KEYS.has("dora_scale"));
+  // the saved modules are <case>.lora_test_*; the recorded gradients (<case>.grad.<key>) are not modules
+  const modules = new Map([...ADAPTER_REGISTRY.modules(keys)].filter(([n]) => /\.lora_test_(linear|conv)$/.test(n)));
+  const expect: Record<string, AdapterMethod<never>> = { locon: lora, loha, lokr, dora, ia3, full };
+  assert.equal(modules.size, 18);
+  for (const [name, k] of modules) {
+    for (const key of k) assert.ok(ADAPTER_KEYS.has(key), `${name}.${key}`);
+    assert.equal(methodFor(k), expect[name.split("_")[0]], `${name}: ${k.join(", ")}`);
+  }
+  assert.ok(ADAPTER_KEYS.has("dora_scale") && !ADAPTER_REGISTRY.refused.has("dora_scale"));
+  assert.equal(fileKind(keys), "lycoris");
 });
 
 // The realworld files realworld.test.ts loads, with the method of their modules once read into kohya's layout.
@@ -199,7 +209,7 @@ function run(m: ReturnType<typeof tiny>): number[] {
 test("adding a method is its file and one registry line: detection, inject, save, inspect and load follow", () => {
   const registry = adapterRegistry([...ADAPTERS, toy]);
   assert.ok(registry.keys.has("toy_delta") && !ADAPTER_KEYS.has("toy_delta"));
-  assert.deepEqual(registry.labels, ["LoRA/LoCon", "LoHa", "LoKr", "Toy"]);
+  assert.deepEqual(registry.labels, ["LoRA/LoCon", "LoHa", "LoKr", "DoRA", "(IA)³", "full", "Toy"]);
   assert.equal(registry.methodFor(["toy_delta"]), toy);
   assert.equal(registry.methodFor(["lora_down.weight", "lora_up.weight"]), lora);
   assert.match(String(methodFor(["toy_delta"])), /no adapter factors/);
@@ -236,7 +246,10 @@ test("adding a method is its file and one registry line: detection, inject, save
     assert.ok(keys.every((k) => k.endsWith(".toy_delta")));
     assert.equal(fileKind(keys, registry), "lycoris");
     assert.equal(fileKind(keys), "tensors");
-    assert.throws(() => loadLoraFile(path), /keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr\)/);
+    assert.throws(
+      () => loadLoraFile(path),
+      /keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full\)/,
+    );
 
     loaded = loadLora(b, path, { registry });
     assert.equal(loaded.modules.length, net.modules.length);

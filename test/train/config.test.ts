@@ -71,6 +71,16 @@ test("defaults: SD1.5 Dreambooth, and LoRA's where they differ", () => {
     text_encoder: true,
     conv_rank: 0,
     conv_alpha: 0,
+    algo: "lora",
+    rank_dropout: 0,
+    rank_dropout_scale: false,
+    module_dropout: 0,
+    factor: -1,
+    decompose_both: false,
+    use_tucker: false,
+    weight_decompose: false,
+    dora_on_output: false,
+    network_args: [],
   });
   assert.deepEqual(c.bucketing, { enabled: false, min: 256, max: 1024, step: 64 });
 

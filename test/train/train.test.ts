@@ -237,3 +237,43 @@ test("LoRA: method lora and Dreambooth with use_lora write the same kind of kohy
     for (const m of [merged, base]) for (const t of m.values()) t.dispose();
   }
 });
+
+test("LyCORIS through the trainer: LoHa from kohya network_args (method lora) and DoRA-LoKr (Dreambooth use_lora)", async () => {
+  const loha = await train(
+    config("loha", {
+      method: "lora",
+      max_steps: 2,
+      learning_rate: 1e-3,
+      lora: { network_args: ["algo=loha", "conv_dim=2", "conv_alpha=1"] },
+      save: { formats: ["lora"], state: false },
+    }),
+    quiet,
+  );
+  const lokr = await train(
+    config("dora-lokr", {
+      use_lora: true,
+      max_steps: 2,
+      learning_rate: 1e-3,
+      lora: { algo: "lokr", factor: 4, weight_decompose: true },
+      save: { formats: ["lora"], state: false },
+    }),
+    quiet,
+  );
+  const a = loadSafetensors(join(loha.outputDir, "lora.safetensors"));
+  const b = loadSafetensors(join(lokr.outputDir, "lora.safetensors"));
+  try {
+    for (const f of [a, b]) assert.equal(f.metadata.ss_network_module, "lycoris.kohya");
+    assert.equal(JSON.parse(a.metadata.ss_network_args).algo, "loha");
+    assert.equal(JSON.parse(a.metadata.ss_network_args).conv_dim, "2");
+    assert.ok([...a.tensors.keys()].some((k) => k.includes("resnets") && k.endsWith(".hada_w2_a")));
+    const moved = [...a.tensors].filter(([k]) => k.endsWith(".hada_w2_a"));
+    assert.ok(
+      scope(() => moved.some(([, t]) => t.abs().max().item() > 0)),
+      "training moved the zero-initialised hada_w2_a",
+    );
+    assert.ok([...b.tensors.keys()].some((k) => k.endsWith(".dora_scale")));
+    assert.ok([...b.tensors.keys()].some((k) => k.endsWith(".lokr_w1")));
+  } finally {
+    for (const f of [a, b]) for (const t of f.tensors.values()) t.dispose();
+  }
+});

@@ -82,3 +82,117 @@ function need(t: Tensor | null | undefined, name: string): Tensor {
   if (!t) throw new Error(`LoKr: ${name} is missing`);
   return t;
 }
+
+/**
+ * LyCORIS lycoris/functional/general.py factorization: dimension = m·n with
+ * m ≤ n. A positive factor that divides the dimension is used as is;
+ * otherwise the most balanced split whose smaller part is ≤ factor (−1: any).
+ */
+export function factorization(dimension: number, factor = -1): [number, number] {
+  if (factor > 0 && dimension % factor === 0) {
+    const m = factor;
+    const n = dimension / factor;
+    return m > n ? [n, m] : [m, n];
+  }
+  const limit = factor < 0 ? dimension : factor;
+  let m = 1;
+  let n = dimension;
+  const length = m + n;
+  while (m < n) {
+    let next = m + 1;
+    while (dimension % next !== 0) next++;
+    const nextN = dimension / next;
+    if (next + nextN > length || next > limit) break;
+    m = next;
+    n = nextN;
+  }
+  return m > n ? [n, m] : [m, n];
+}
+
+/** The factor shapes LyCORIS' LokrModule gives a layer (lycoris/modules/lokr.py __init__). */
+export interface LokrLayout {
+  /** w1: [out_l, in_m], low-rank (w1_a [out_l, r], w1_b [r, in_m]) when decomposed. */
+  w1: { full: boolean; out: number; in: number };
+  /** w2: [out_k, in_n(, kh, kw)], as w2_a @ w2_b (or Tucker) when low-rank. */
+  w2: { full: boolean; tucker: boolean; out: number; in: number };
+  /** Both full: LyCORIS forces alpha = rank (scale 1). */
+  scaleOne: boolean;
+}
+
+export function lokrLayout(
+  shape: readonly number[],
+  o: { rank: number; factor: number; decomposeBoth: boolean; useTucker: boolean },
+): LokrLayout {
+  const [outDim, inDim, ...kernel] = shape;
+  const [inM, inN] = factorization(inDim, o.factor);
+  const [outL, outK] = factorization(outDim, o.factor);
+  const w1Full = !(o.decomposeBoth && o.rank < Math.max(outL, inM) / 2);
+  const w2Full = o.rank >= Math.max(outK, inN) / 2;
+  const tucker = !w2Full && o.useTucker && kernel.some((k) => k !== 1);
+  return {
+    w1: { full: w1Full, out: outL, in: inM },
+    w2: { full: w2Full, tucker, out: outK, in: inN },
+    scaleOne: w1Full && w2Full,
+  };
+}
+
+/** float32 machine epsilon, what LyCORIS adds to DoRA's norm (torch.finfo(float32).eps). */
+export const DORA_EPS = 1.1920928955078125e-7;
+
+/** ‖W[o]‖₂ over every dimension but the first, kept as [out, 1(, 1, 1)] (LyCORIS wd_on_out). */
+export function rowNorms(w: Tensor): Tensor {
+  return scope(() =>
+    w
+      .reshape(w.size(0), -1)
+      .norm(2, 1, true)
+      .reshape(w.size(0), ...w.shape.slice(1).map(() => 1)),
+  );
+}
+
+/** ‖W[:, i]‖₂ over every dimension but the second, kept as [1, in(, 1, 1)] (LyCORIS wd_on_out=False, A1111's axis). */
+export function columnNorms(w: Tensor): Tensor {
+  return scope(() =>
+    w
+      .transpose(0, 1)
+      .reshape(w.size(1), -1)
+      .norm(2, 1, true)
+      .reshape(1, w.size(1), ...w.shape.slice(2).map(() => 1)),
+  );
+}
+
+/** Whether a dora_scale normalises output rows ([out, 1, …]) rather than input columns ([1, in, …]). */
+export function doraOnOutput(doraScale: Tensor, weightShape: readonly number[]): boolean {
+  return doraScale.size(0) === weightShape[0] && doraScale.numel === weightShape[0] && !(weightShape[0] === 1);
+}
+
+/**
+ * DoRA's ΔW (LyCORIS weight_decompose): V = W0 + ΔW, W' = V · dora_scale /
+ * (‖V‖ + ε), the norm over output rows (wd_on_out, dora_scale [out, 1, …])
+ * or input columns (dora_scale [1, in, …], the axis A1111's
+ * extensions-builtin/Lora/network.py apply_weight_decompose normalises and
+ * the one ComfyUI's comfy/weight_adapter/base.py weight_decompose takes
+ * from V), returned as W' − W0 (float32, float64 for a float64 W0). The
+ * multiplier then scales this whole difference, W0 + m·(W' − W0), as A1111
+ * and ComfyUI do; LyCORIS 3.2 instead adds ΔW in full at every multiplier.
+ */
+export function doraDeltaWeight(w0: Tensor, delta: Tensor, doraScale: Tensor): Tensor {
+  return scope(() => {
+    const dt = w0.dtype === "float64" ? "float64" : "float32";
+    const base = w0.to(dt);
+    const v = base.add(delta.to(dt));
+    const norms = doraOnOutput(doraScale, w0.shape) ? rowNorms(v) : columnNorms(v);
+    const s = doraScale.to(dt).div(norms.add(DORA_EPS));
+    return v.mul(s).sub(base);
+  });
+}
+
+/** (IA)³ ΔW = W0 · w per output row ([out] or [1, out, 1, 1]), or per input column when on_input (ia3.py make_weight). */
+export function ia3DeltaWeight(w0: Tensor, w: Tensor, onInput: boolean): Tensor {
+  return scope(() => {
+    const ones = w0.shape.slice(2).map(() => 1);
+    const v = w.reshape(-1);
+    const scale = onInput ? v.reshape(1, v.size(0), ...ones) : v.reshape(v.size(0), 1, ...ones);
+    const dt = w0.dtype === "float64" ? "float64" : "float32";
+    return w0.to(dt).mul(scale.to(dt));
+  });
+}

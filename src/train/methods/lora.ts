@@ -1,12 +1,17 @@
 // LoRA (method lora, or Dreambooth with use_lora — the A1111 extension's
 // "Use LoRA"): only the adapters train and the base stays bit-identical.
+// lora.algo picks the adapter (lora, locon, loha, lokr, dora, ia3, full:
+// adapters/network-algo.ts); kohya's network_args spellings are accepted in
+// lora.network_args and mapped to the fields here (./lora-network-args.ts).
 // Saved as a kohya-format file (ss_* metadata) that A1111, Forge and ComfyUI
 // load; full-model formats in save.formats get the base with the LoRA merged.
 import { join } from "node:path";
-import { injectLora, saveLora } from "../../adapters/network.js";
+import { saveLora } from "../../adapters/network.js";
+import { ALGOS, injectAlgo, networkOptionsError } from "../../adapters/network-algo.js";
 import { keep, noGrad, scope, type Tensor } from "../../engine/index.js";
-import { f } from "../config-fields.js";
+import { f, type Infer } from "../config-fields.js";
 import { saveFullModel } from "./dreambooth.js";
+import { applyNetworkArgs, networkArgNotes } from "./lora-network-args.js";
 import { defineMethod, type SavedArtifact, type TrainingMethod } from "./method.js";
 
 const LORA_FIELDS = {
@@ -22,7 +27,74 @@ const LORA_FIELDS = {
     doc: "rank of LoRA on 3×3 convolutions (LoCon, kohya conv_dim); 0 = none",
   }),
   conv_alpha: f.number({ min: 0, auto: "conv_rank", doc: "alpha of the convolution LoRA" }),
+  algo: f.oneOf(ALGOS, {
+    default: "lora",
+    doc: "adapter algorithm (LyCORIS algo): lora, locon (LoRA + 3×3 convs), loha, lokr, dora, ia3, full",
+  }),
+  rank_dropout: f.number({
+    min: 0,
+    below: 1,
+    default: 0,
+    doc: "drops whole ranks (LoRA) or ΔW rows (LoHa/LoKr) per step",
+  }),
+  rank_dropout_scale: f.bool({
+    default: false,
+    doc: "rescale rank dropout by the kept mean (LyCORIS rank_dropout_scale)",
+  }),
+  module_dropout: f.number({ min: 0, below: 1, default: 0, doc: "skips a whole module for a step" }),
+  factor: f.int({ min: -1, default: -1, doc: "LoKr factor (kron split of each dimension); -1 = most balanced" }),
+  decompose_both: f.bool({ default: false, doc: "LoKr: low-rank w1 too" }),
+  use_tucker: f.bool({ default: false, doc: "Tucker form for 3×3 convs (LoCon, LoHa, LoKr; LyCORIS use_tucker)" }),
+  weight_decompose: f.bool({
+    default: false,
+    doc: "DoRA on top of locon/loha/lokr (LyCORIS dora_wd); algo dora = LoRA + this",
+  }),
+  dora_on_output: f.bool({
+    default: false,
+    doc: "DoRA norms over output rows (LyCORIS wd_on_out) instead of input columns, the axis A1111 and ComfyUI both read",
+  }),
+  network_args: f.list(f.text({ nonEmpty: true, doc: "KEY=VALUE" }), {
+    default: [],
+    doc: "kohya/LyCORIS network_args (conv_dim=8, algo=loha, …), mapped to the lora.* fields",
+  }),
 };
+
+/** The adapter options of a resolved lora section, with config field names for messages. */
+function networkOptions(l: TrainLora, textEncoder: boolean) {
+  const fields: Record<string, string> = {
+    algo: "lora.algo",
+    rank: "lora.rank",
+    convRank: "lora.conv_rank",
+    dropout: "lora.dropout",
+    rankDropout: "lora.rank_dropout",
+    moduleDropout: "lora.module_dropout",
+    factor: "lora.factor",
+    decomposeBoth: "lora.decompose_both",
+    useTucker: "lora.use_tucker",
+    weightDecompose: "lora.weight_decompose",
+  };
+  return {
+    algo: l.algo,
+    rank: l.rank,
+    alpha: l.alpha,
+    convRank: l.conv_rank > 0 ? l.conv_rank : undefined,
+    convAlpha: l.conv_rank > 0 ? l.conv_alpha : undefined,
+    dropout: l.dropout,
+    rankDropout: l.rank_dropout,
+    rankDropoutScale: l.rank_dropout_scale,
+    moduleDropout: l.module_dropout,
+    factor: l.factor,
+    decomposeBoth: l.decompose_both,
+    useTucker: l.use_tucker,
+    weightDecompose: l.weight_decompose,
+    doraOnOutput: l.dora_on_output,
+    unet: l.unet,
+    textEncoder,
+    field: (k: string) => fields[k] ?? `lora.${k}`,
+  };
+}
+
+type TrainLora = Infer<typeof LORA_FIELDS>;
 
 export const lora = defineMethod({
   name: "lora",
@@ -43,6 +115,7 @@ export const lora = defineMethod({
     }
     c.use_lora = r.active;
     const l = c.lora;
+    applyNetworkArgs(l as unknown as Record<string, unknown>, r);
     if (r.active) {
       // lora.text_encoder and train_text_encoder are one switch.
       const te = r.given("lora.text_encoder");
@@ -73,23 +146,20 @@ export const lora = defineMethod({
       r.pointless("lora.text_encoder", c.train_text_encoder, "no LoRA is trained (use train_text_encoder)");
     }
     l.text_encoder = c.train_text_encoder;
+    if (r.active) {
+      if (l.factor === 0) throw r.error("lora.factor", "lora.factor must be a positive integer or -1");
+      const problem = networkOptionsError(networkOptions(l, l.text_encoder));
+      if (problem) throw r.error(/^lora\.[a-z_]+/.exec(problem)?.[0] ?? "lora.algo", problem);
+    }
   },
-  create(c, { model, generator }): TrainingMethod {
+  create(c, { model, generator, log }): TrainingMethod {
     const l = c.lora;
     const trainsTextEncoder = l.text_encoder; // resolve() made it one switch with train_text_encoder
     model.vae.requiresGrad_(false);
     model.unet.requiresGrad_(false);
     model.textEncoder.requiresGrad_(false);
-    const network = injectLora(model, {
-      rank: l.rank,
-      alpha: l.alpha,
-      dropout: l.dropout,
-      unet: l.unet,
-      textEncoder: trainsTextEncoder,
-      convRank: l.conv_rank > 0 ? l.conv_rank : undefined,
-      convAlpha: l.conv_rank > 0 ? l.conv_alpha : undefined,
-      generator,
-    });
+    for (const note of networkArgNotes(l.network_args)) log(note);
+    const network = injectAlgo(model, { ...networkOptions(l, trainsTextEncoder), generator });
     model.unet.train();
     model.textEncoder.train(trainsTextEncoder);
 
