@@ -6,7 +6,7 @@
 // text encoder, the main scheduler (v-prediction) and the low-res scheduler
 // that noises the image, bounded by max_noise_level. The networks are the
 // unet/ and vae/ models with the config fields the upscaler sets.
-import { existsSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { readJson } from "../../formats/diffusers-folder.js";
 import { loadSchedulerConfig, type SchedulerConfigInput } from "../../schedulers/index.js";
@@ -88,22 +88,60 @@ export function loadUpscaler(path: string, o: LoadStableDiffusionOptions = {}): 
     predictionType: o.predictionType ?? (folder ? undefined : "v_prediction"),
   });
   try {
-    const why = notAnUpscaler(model);
-    if (why) throw new Error(`${path} is not a ×4 upscaler: ${why}`);
-    const dir = folder ? path : dirname(path);
-    const index = folder && existsSync(join(dir, "model_index.json")) ? readJson(join(dir, "model_index.json")) : {};
-    const max = index.max_noise_level ?? X4_MAX_NOISE_LEVEL;
-    const classes = model.unet.config.numClassEmbeds ?? 0;
-    if (!Number.isInteger(max) || (max as number) < 0 || (max as number) >= classes)
-      throw new Error(`${path}: max_noise_level ${JSON.stringify(max)} is not an integer in [0, ${classes})`);
-    const lowResPath = join(dir, "low_res_scheduler", "scheduler_config.json");
-    const lowRes = folder && existsSync(lowResPath) ? loadSchedulerConfig(lowResPath) : X4_LOW_RES_SCHEDULER_CONFIG;
-    const scheduler = folder ? model.scheduler : { ...X4_SCHEDULER_CONFIG, prediction_type: model.info.predictionType };
-    return { ...model, scheduler, lowResScheduler: { ...lowRes }, maxNoiseLevel: max as number };
+    return { ...model, ...upscalerExtras(path, model) };
   } catch (e) {
     disposeStableDiffusion(model);
     throw e;
   }
+}
+
+/**
+ * What makes a loaded model (from `path`) an upscaler: its schedulers and
+ * max_noise_level (read from the diffusers folder; the real model's for a
+ * single file). Throws, saying why, when the model is not a ×4 upscaler.
+ */
+export function upscalerExtras(
+  path: string,
+  model: LoadedStableDiffusion,
+): Pick<Upscaler, "scheduler" | "lowResScheduler" | "maxNoiseLevel"> {
+  const why = notAnUpscaler(model);
+  if (why) throw new Error(`${path} is not a ×4 upscaler: ${why}`);
+  const folder = existsSync(path) && statSync(path).isDirectory();
+  const dir = folder ? path : dirname(path);
+  const index = folder && existsSync(join(dir, "model_index.json")) ? readJson(join(dir, "model_index.json")) : {};
+  const max = index.max_noise_level ?? X4_MAX_NOISE_LEVEL;
+  const classes = model.unet.config.numClassEmbeds ?? 0;
+  if (!Number.isInteger(max) || (max as number) < 0 || (max as number) >= classes)
+    throw new Error(`${path}: max_noise_level ${JSON.stringify(max)} is not an integer in [0, ${classes})`);
+  const lowResPath = join(dir, "low_res_scheduler", "scheduler_config.json");
+  const lowRes = folder && existsSync(lowResPath) ? loadSchedulerConfig(lowResPath) : X4_LOW_RES_SCHEDULER_CONFIG;
+  const scheduler = folder ? model.scheduler : { ...X4_SCHEDULER_CONFIG, prediction_type: model.info.predictionType };
+  return { scheduler, lowResScheduler: { ...lowRes }, maxNoiseLevel: max as number };
+}
+
+/**
+ * Makes a diffusers folder saved from an upscaler's weights (formats'
+ * saveCheckpoint writes a StableDiffusionPipeline) an upscaler pipeline
+ * again: its model_index.json class, max_noise_level and low_res_scheduler
+ * entry, and both scheduler configs.
+ */
+export function completeUpscalerFolder(
+  dir: string,
+  u: Pick<Upscaler, "scheduler" | "lowResScheduler" | "maxNoiseLevel">,
+): void {
+  const indexPath = join(dir, "model_index.json");
+  const index = readJson(indexPath);
+  const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
+  const clean = (c: SchedulerConfigInput) =>
+    Object.fromEntries(Object.entries(c).filter(([k]) => k !== "_diffusers_version"));
+  index._class_name = "StableDiffusionUpscalePipeline";
+  index.max_noise_level = u.maxNoiseLevel;
+  index.scheduler = ["diffusers", String(u.scheduler._class_name ?? "DDIMScheduler")];
+  index.low_res_scheduler = ["diffusers", String(u.lowResScheduler._class_name ?? "DDPMScheduler")];
+  mkdirSync(join(dir, "low_res_scheduler"), { recursive: true });
+  writeFileSync(join(dir, "scheduler", "scheduler_config.json"), json(clean(u.scheduler)));
+  writeFileSync(join(dir, "low_res_scheduler", "scheduler_config.json"), json(clean(u.lowResScheduler)));
+  writeFileSync(indexPath, json(index));
 }
 
 /** Checks a noise level against the model: an integer in [0, maxNoiseLevel]. */

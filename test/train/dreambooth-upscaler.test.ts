@@ -1,0 +1,169 @@
+// Dreambooth stage 2 (method dreambooth_upscaler): one fine-tuning step of the
+// ×4 upscaler equals diffusers' (the fixture's train_step: loss, prediction,
+// target and gradients), and a shortened run trains, saves an upscaler that
+// loads back, and resumes.
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { cat, disposeAll, scope, type Tensor } from "../../src/engine/index.js";
+import { encodePng } from "../../src/formats/png.js";
+import { loadSafetensors } from "../../src/formats/safetensors.js";
+import { disposeUpscaler, loadUpscaler } from "../../src/models/upscaler/index.js";
+import { NoiseSchedule } from "../../src/schedulers/index.js";
+import { loadTrainConfig } from "../../src/train/config.js";
+import { diffusionLoss } from "../../src/train/losses.js";
+import { downscale4, upscalerPrediction } from "../../src/train/methods/dreambooth-upscaler.js";
+import { createTrainer, type TrainerEvent } from "../../src/train/trainer.js";
+import { assertClose, checkLeaks, sharedFixture, tempDir } from "../helpers.js";
+
+checkLeaks();
+
+const F32 = { atol: 1e-5, rtol: 1e-4 };
+const GRAD = { atol: 1e-4, rtol: 1e-3 };
+const MODEL = sharedFixture("upscaler");
+const TOKENIZER = sharedFixture("tokenizer");
+const root = tempDir("atelier-upscaler-train-");
+after(() => rmSync(root, { recursive: true, force: true }));
+
+function get(m: Map<string, Tensor>, key: string): Tensor {
+  const t = m.get(key);
+  if (!t) throw new Error(`fixture has no ${key}`);
+  return t;
+}
+
+test("stage-2 step: loss, prediction, target and gradients equal diffusers' train_step", (t) => {
+  const io = loadSafetensors(sharedFixture("upscaler/train_step.safetensors")).tensors;
+  const m = loadUpscaler(MODEL, { tokenizerDir: TOKENIZER });
+  try {
+    scope(() => {
+      const hr = get(io, "in.hr_image");
+      assertClose(downscale4(hr), get(io, "in.lr_image"), { ...F32, what: "avg_pool2d(hr, 4)" });
+      const post = m.vae.encode(hr);
+      const latents = post.mean.add(post.std.mul(get(io, "in.vae_sample_eps"))).mul(m.vae.scalingFactor);
+      assertClose(latents, get(io, "latents"), { ...F32, what: "latents" });
+      const schedule = new NoiseSchedule(m.scheduler);
+      const ts = get(io, "in.timesteps");
+      const noisy = schedule.addNoise(latents, get(io, "in.noise"), ts);
+      assertClose(noisy, get(io, "noisy_latents"), { ...F32, what: "noisy_latents" });
+      const lowResSchedule = new NoiseSchedule(m.lowResScheduler);
+      const levels = get(io, "in.noise_level");
+      assertClose(
+        lowResSchedule.addNoise(get(io, "in.lr_image"), get(io, "in.lr_noise"), levels),
+        get(io, "noisy_lr_image"),
+        F32,
+      );
+      const ehs = m.textEncoder.encode(get(io, "in.input_ids"));
+      assertClose(ehs, get(io, "encoder_hidden_states"), { ...F32, what: "encoder_hidden_states" });
+
+      m.unet.requiresGrad_(true);
+      const lr = { lowRes: get(io, "in.lr_image"), noise: get(io, "in.lr_noise"), levels };
+      const pred = upscalerPrediction(m, lowResSchedule, noisy, ts, ehs, lr);
+      assertClose(pred, get(io, "model_pred"), { ...F32, what: "model_pred" });
+      const target = schedule.target(latents, get(io, "in.noise"), ts);
+      assertClose(target, get(io, "target"), { ...F32, what: "target (velocity)" });
+      const { loss } = diffusionLoss(pred, target, [false, false]);
+      assertClose([loss.item()], get(io, "loss"), { ...F32, what: "loss" });
+      assert.ok(Math.abs(loss.item() - get(io, "loss_if_epsilon_target").item()) > 0.1, "not the epsilon loss");
+      loss.backward();
+      const params = m.unet.namedParameters();
+      for (const k of [...io.keys()].filter((k) => k.startsWith("grad.") && !k.endsWith(".rows"))) {
+        const g = params.get(k.slice(5))?.grad;
+        assert.ok(g, `no gradient for ${k}`);
+        assertClose(g, get(io, k), { ...GRAD, what: k });
+      }
+      const rows = params.get("class_embedding.weight")!.grad!;
+      const picked = cat([rows.select(0, 20).unsqueeze(0), rows.select(0, 250).unsqueeze(0)]);
+      assertClose(picked, get(io, "grad.class_embedding.weight.rows"), { ...GRAD, what: "class rows" });
+      t.diagnostic(`loss ${loss.item()} (diffusers ${get(io, "loss").item()})`);
+    });
+  } finally {
+    disposeUpscaler(m);
+    disposeAll(io);
+  }
+});
+
+/** A 64×64 picture: a grey square on white with a small red dot (the detail stage 2 is for). */
+function subjectPicture(i: number): Buffer {
+  const data = new Uint8Array(64 * 64 * 3).fill(255);
+  for (let y = 0; y < 64; y++)
+    for (let x = 0; x < 64; x++) {
+      const o = (y * 64 + x) * 3;
+      const inSquare = x >= 12 + i && x < 52 + i && y >= 12 && y < 52;
+      const dot = (x - 30 - i) ** 2 + (y - 30) ** 2 <= 4;
+      const c = dot ? [220, 20, 20] : inSquare ? [90, 90, 90] : [255, 255, 255];
+      data.set(c, o);
+    }
+  return encodePng({ width: 64, height: 64, channels: 3, data });
+}
+
+test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder that loads, and resumes", async () => {
+  const instance = join(root, "instance");
+  mkdirSync(instance);
+  for (let i = 0; i < 2; i++) writeFileSync(join(instance, `pic${i}.png`), subjectPicture(i));
+  const raw = (extra: Record<string, unknown> = {}) => ({
+    model: MODEL,
+    tokenizer: TOKENIZER,
+    method: "dreambooth_upscaler",
+    output_dir: join(root, "run"),
+    resolution: 64,
+    max_steps: 2,
+    learning_rate: 1e-3,
+    seed: 5,
+    concepts: [{ instance_data_dir: instance, instance_prompt: "a photo of sks square" }],
+    save: { formats: ["diffusers"], state: true, every_n_steps: 1, keep_last: 2 },
+    ...extra,
+  });
+  const c = loadTrainConfig(raw());
+  assert.equal(c.upscaler.noise_level, null);
+  assert.equal(c.upscaler.lora_rank, 0);
+  assert.throws(() => loadTrainConfig(raw({ save: { formats: ["lora"] } })), /upscaler\.lora_rank is 0/);
+  assert.throws(
+    () => loadTrainConfig(raw({ method: "dreambooth", upscaler: { lora_rank: 2 } })),
+    /upscaler\.lora_rank/,
+  );
+  // pictures that give a low-res input smaller than the UNet takes: refused before the run writes anything
+  const small = loadTrainConfig(raw({ resolution: 16, output_dir: join(root, "small") }));
+  await assert.rejects(createTrainer(small).run(), /4×4 low-res input, smaller than the upscaler's 8×8/);
+  assert.equal(existsSync(join(root, "small")), false);
+  const events: TrainerEvent[] = [];
+  const trainer = createTrainer(c);
+  trainer.on((e) => events.push(e));
+  const r = await trainer.run();
+  assert.equal(r.reason, "done");
+  const losses = events.flatMap((e) => (e.type === "step" ? [e.loss] : []));
+  assert.equal(losses.length, 2);
+  assert.ok(losses.every(Number.isFinite), `losses ${losses}`);
+  const folder = join(c.output_dir, "upscaler-diffusers");
+  assert.ok(existsSync(join(folder, "low_res_scheduler", "scheduler_config.json")));
+  const saved = loadUpscaler(folder, { tokenizerDir: TOKENIZER });
+  const base = loadUpscaler(MODEL, { tokenizerDir: TOKENIZER });
+  try {
+    assert.equal(saved.maxNoiseLevel, 350);
+    assert.equal(saved.scheduler.prediction_type, "v_prediction");
+    assert.equal(saved.scheduler.beta_start, 0.0001);
+    const key = "class_embedding.weight";
+    const moved = scope(() =>
+      saved.unet
+        .stateDict()
+        .get("conv_in.weight")!
+        .sub(base.unet.stateDict().get("conv_in.weight")!)
+        .abs()
+        .max()
+        .item(),
+    );
+    assert.ok(moved > 0, "conv_in trained");
+    assert.ok(saved.unet.stateDict().has(key));
+  } finally {
+    disposeUpscaler(saved);
+    disposeUpscaler(base);
+  }
+  // resume from the step-1 state: two more steps
+  const states = events.flatMap((e) => (e.type === "artifact" && e.kind === "state" ? [e.path] : []));
+  assert.ok(states.length > 0, "a state was saved");
+  const more = createTrainer(loadTrainConfig(raw({ max_steps: 3, output_dir: join(root, "run") })), {
+    resume: states[states.length - 1],
+  });
+  const r2 = await more.run();
+  assert.equal(r2.reason, "done");
+});
