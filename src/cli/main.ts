@@ -29,7 +29,7 @@ const commands: Record<string, Command> = {
   },
   generate: {
     summary:
-      "text to image: --model PATH --prompt TEXT [--negative --sampler --steps --cfg --seed --width --height --batch --out]",
+      "text to image: --model PATH --prompt TEXT [--negative --sampler --steps --cfg --seed --width --height --batch --out] [--upscaler MODEL --noise-level N --upscaler-steps N --upscaler-cfg X]",
     run: generate,
   },
   upscale: { summary: UPSCALE_SUMMARY, run: upscaleCommand },

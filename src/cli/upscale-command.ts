@@ -2,9 +2,11 @@
 import { existsSync } from "node:fs";
 import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
 import { a1111Parameters, encodePng } from "../formats/png.js";
-import { checkImageOut, imagePaths } from "../infer/save-images.js";
+import type { GenerateRgbOptions } from "../infer/generate-rgb.js";
+import { checkImageOut, imagePaths, saveImages, saveLatent } from "../infer/save-images.js";
 import { minUpscaleInput } from "../infer/upscale.js";
-import { type UpscaleRgbResult, upscaleRgb } from "../infer/upscale-rgb.js";
+import { generateTwoStage, type UpscaleRgbResult, upscaleRgb } from "../infer/upscale-rgb.js";
+import type { StableDiffusion } from "../models/stable-diffusion.js";
 import { checkNoiseLevel, disposeUpscaler, loadUpscaler } from "../models/upscaler/index.js";
 import { loadImage } from "../train/data/image.js";
 import { num, parse, required, str, UsageError } from "./args.js";
@@ -95,6 +97,53 @@ export async function upscaleCommand(argv: string[]): Promise<number> {
     for (const p of paths) console.log(`wrote ${p}`);
   } finally {
     disposeUpscaler(model);
+  }
+  return 0;
+}
+
+/** generate's flags for a second stage through a ×4 upscaler. */
+export const UPSCALER_FLAGS = {
+  upscaler: { type: "string" },
+  "noise-level": { type: "string" },
+  "upscaler-steps": { type: "string" },
+  "upscaler-cfg": { type: "string" },
+} as const;
+
+/** `generate --upscaler MODEL`: the base's pictures, then ×4 through the upscaler; both written. */
+export function generateWithUpscaler(
+  base: StableDiffusion,
+  values: Record<string, unknown>,
+  options: GenerateRgbOptions,
+  out: string,
+  latentPath: string | undefined,
+): number {
+  const upscalerPath = str(values, "upscaler")!;
+  const second = {
+    noiseLevel: num(values, "noise-level", { integer: true, min: 0 }),
+    steps: num(values, "upscaler-steps", { integer: true, min: 1, max: 1000 }),
+    cfg: num(values, "upscaler-cfg", { min: 0 }),
+  };
+  const upscaler = loadUpscaler(upscalerPath, { device: base.device, tokenizerDir: str(values, "tokenizer") });
+  try {
+    const started = Date.now();
+    const r = generateTwoStage(base, upscaler, {
+      ...options,
+      upscale: second,
+      onStep: (i, n) => process.stderr.write(`step ${i}/${n}\n`),
+      onLatents: latentPath ? (latents) => saveLatent(latents, latentPath) : undefined,
+    });
+    const lowOut = out.replace(/\.png$/i, "-base.png");
+    const lowPaths = saveImages({ images: r.lowRes, settings: r.settings }, lowOut, base.name);
+    const paths = saveUpscaled({ images: r.images, settings: r.upscaleSettings }, out, upscaler.name);
+    const s = r.settings;
+    const u = r.upscaleSettings;
+    console.log(
+      `seed ${s.seed}, ${s.width}×${s.height} → ${r.images[0].width}×${r.images[0].height}, noise level ${u.noiseLevel}, ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    );
+    for (const p of [...lowPaths, ...paths]) console.log(`wrote ${p}`);
+    if (latentPath) console.log(`wrote ${latentPath}`);
+  } finally {
+    disposeUpscaler(upscaler);
   }
   return 0;
 }

@@ -89,7 +89,10 @@ export const dreamboothUpscaler = defineMethod({
       throw r.error("train_text_encoder", "dreambooth_upscaler keeps the upscaler's text encoder frozen");
     c.train_text_encoder = false;
     if (c.sample.prompts.length > 0)
-      throw r.error("sample.prompts", "samples during a dreambooth_upscaler run are not supported (an upscaler needs a picture, not only a prompt)");
+      throw r.error(
+        "sample.prompts",
+        "samples during a dreambooth_upscaler run are not supported (an upscaler needs a picture, not only a prompt)",
+      );
   },
   create(c, { model, generator }): TrainingMethod {
     const extras = upscalerExtras(model.info.path, model);
