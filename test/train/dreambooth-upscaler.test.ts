@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { cat, disposeAll, scope, type Tensor } from "../../src/engine/index.js";
+import { cat, disposeAll, Generator, noGrad, randn, scope, type Tensor, tensor } from "../../src/engine/index.js";
 import { encodePng } from "../../src/formats/png.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { disposeUpscaler, loadUpscaler } from "../../src/models/upscaler/index.js";
@@ -83,8 +83,52 @@ test("stage-2 step: loss, prediction, target and gradients equal diffusers' trai
   }
 });
 
+/** The stage-2 loss of `m` on pictures [B, 3, 64, 64] in [-1, 1] at fixed timesteps, noise and noise level 20. */
+function evalLoss(m: ReturnType<typeof loadUpscaler>, pictures: Tensor): number {
+  return noGrad(() =>
+    scope(() => {
+      const g = new Generator(123);
+      const schedule = new NoiseSchedule(m.scheduler);
+      const lowResSchedule = new NoiseSchedule(m.lowResScheduler);
+      const latents = m.vae.encode(pictures).mean.mul(m.vae.scalingFactor);
+      const context = m.textEncoder
+        .encode(
+          tensor(BigInt64Array.from(m.tokenizer.encodePadded("a photo of sks square", 77, 0), BigInt), {
+            shape: [1, 77],
+          }),
+        )
+        .expand(pictures.size(0), 77, -1);
+      let total = 0;
+      const steps = [50, 250, 450, 650, 850];
+      for (const step of steps) {
+        const b = pictures.size(0);
+        const noise = randn(latents.shape, { generator: g });
+        const ts = tensor(BigInt64Array.from({ length: b }, () => BigInt(step)));
+        const lr = {
+          lowRes: downscale4(pictures),
+          noise: randn([b, 3, 16, 16], { generator: g }),
+          levels: tensor(BigInt64Array.from({ length: b }, () => 20n)),
+        };
+        const pred = upscalerPrediction(m, lowResSchedule, schedule.addNoise(latents, noise, ts), ts, context, lr);
+        total += diffusionLoss(pred, schedule.target(latents, noise, ts), Array(b).fill(false)).loss.item();
+      }
+      g.dispose();
+      return total / steps.length;
+    }),
+  );
+}
+
+/** The raw RGB bytes of subjectPicture(i). */
+function readPixels(i: number): Uint8Array {
+  return subjectBytes(i);
+}
+
 /** A 64×64 picture: a grey square on white with a small red dot (the detail stage 2 is for). */
 function subjectPicture(i: number): Buffer {
+  return encodePng({ width: 64, height: 64, channels: 3, data: subjectBytes(i) });
+}
+
+function subjectBytes(i: number): Uint8Array {
   const data = new Uint8Array(64 * 64 * 3).fill(255);
   for (let y = 0; y < 64; y++)
     for (let x = 0; x < 64; x++) {
@@ -94,10 +138,10 @@ function subjectPicture(i: number): Buffer {
       const c = dot ? [220, 20, 20] : inSquare ? [90, 90, 90] : [255, 255, 255];
       data.set(c, o);
     }
-  return encodePng({ width: 64, height: 64, channels: 3, data });
+  return data;
 }
 
-test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder that loads, and resumes", async () => {
+test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder that loads, and resumes", async (t) => {
   const instance = join(root, "instance");
   mkdirSync(instance);
   for (let i = 0; i < 2; i++) writeFileSync(join(instance, `pic${i}.png`), subjectPicture(i));
@@ -107,7 +151,7 @@ test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder
     method: "dreambooth_upscaler",
     output_dir: join(root, "run"),
     resolution: 64,
-    max_steps: 2,
+    max_steps: 6,
     learning_rate: 1e-3,
     seed: 5,
     concepts: [{ instance_data_dir: instance, instance_prompt: "a photo of sks square" }],
@@ -132,7 +176,7 @@ test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder
   const r = await trainer.run();
   assert.equal(r.reason, "done");
   const losses = events.flatMap((e) => (e.type === "step" ? [e.loss] : []));
-  assert.equal(losses.length, 2);
+  assert.equal(losses.length, 6);
   assert.ok(losses.every(Number.isFinite), `losses ${losses}`);
   const folder = join(c.output_dir, "upscaler-diffusers");
   assert.ok(existsSync(join(folder, "low_res_scheduler", "scheduler_config.json")));
@@ -154,6 +198,22 @@ test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder
     );
     assert.ok(moved > 0, "conv_in trained");
     assert.ok(saved.unet.stateDict().has(key));
+    // the stage-2 loss on the subject's pairs, over fixed draws, fell (the margin: at least 5 %)
+    const pictures = scope(() =>
+      cat(
+        [0, 1].map((i) =>
+          tensor(new Uint8Array(readPixels(i)), { shape: [1, 64, 64, 3] })
+            .permute(0, 3, 1, 2)
+            .float()
+            .div(127.5)
+            .sub(1),
+        ),
+      ),
+    );
+    const [before, afterTraining] = [evalLoss(base, pictures), evalLoss(saved, pictures)];
+    pictures.dispose();
+    t.diagnostic(`stage-2 eval loss: base ${before.toFixed(4)}, after 6 steps ${afterTraining.toFixed(4)}`);
+    assert.ok(afterTraining < 0.95 * before, `eval loss ${before} → ${afterTraining}`);
   } finally {
     disposeUpscaler(saved);
     disposeUpscaler(base);
@@ -161,9 +221,12 @@ test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder
   // resume from the step-1 state: two more steps
   const states = events.flatMap((e) => (e.type === "artifact" && e.kind === "state" ? [e.path] : []));
   assert.ok(states.length > 0, "a state was saved");
-  const more = createTrainer(loadTrainConfig(raw({ max_steps: 3, output_dir: join(root, "run") })), {
+  const more = createTrainer(loadTrainConfig(raw({ max_steps: 7, output_dir: join(root, "run") })), {
     resume: states[states.length - 1],
   });
+  const resumedSteps: TrainerEvent[] = [];
+  more.on((e) => e.type === "step" && resumedSteps.push(e));
   const r2 = await more.run();
   assert.equal(r2.reason, "done");
+  assert.equal(resumedSteps.length, 1, "the resumed run takes the one step left");
 });
