@@ -78,8 +78,19 @@ export function checkPairing(
     throw new Error(
       `the base's ${size.width}×${size.height} pictures are smaller than the upscaler's ${min}×${min} input`,
     );
+  // The upscaler's config sample_size is the low-res size it was trained on; a base whose pictures are
+  // many times larger or smaller is of another family (an SD base with a tiny upscaler, or the reverse).
+  const trained = upscaler.unet.config.sampleSize;
+  const ratio = Math.max(size.width, size.height) / trained;
+  if (ratio > MAX_FAMILY_RATIO || ratio < 1 / MAX_FAMILY_RATIO)
+    throw new Error(
+      `the base's ${size.width}×${size.height} pictures do not fit the upscaler ${upscaler.name}, trained on ${trained}×${trained} inputs: a base of another family (ratio ${ratio.toFixed(2)}, the limit is ${MAX_FAMILY_RATIO}×)`,
+    );
   if (noiseLevel !== undefined) checkNoiseLevel(upscaler, noiseLevel);
 }
+
+/** How far the base's picture size may be from the upscaler's training input (either way). */
+export const MAX_FAMILY_RATIO = 8;
 
 export interface TwoStageResult extends GenerateRgbResult {
   /** The base's pictures, before the upscaler. */

@@ -53,6 +53,13 @@ test("generate --upscaler: two stages, equal to upscaling the base's picture; ba
     const loud = await cli(...gen, ...up.slice(0, 4), "--noise-level", "351", "--out", join(dir, "bad.png"));
     assert.equal(loud.code, 1);
     assert.match(loud.err, /noise level must be an integer in 0\.\.350/);
+    const big = ["generate", "--model", base, ...common, "--width", "256", "--height", "256"];
+    const family = await cli(...big, ...up, "--out", join(dir, "bad.png"));
+    assert.equal(family.code, 1);
+    assert.match(
+      family.err,
+      /256×256 pictures do not fit the upscaler .*trained on 16×16 inputs: a base of another family/,
+    );
     assert.deepEqual(readdirSync(dir).sort(), before, "nothing written");
   } finally {
     rmSync(dir, { recursive: true, force: true });

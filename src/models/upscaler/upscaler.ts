@@ -86,6 +86,8 @@ export function loadUpscaler(path: string, o: LoadStableDiffusionOptions = {}): 
   const model = loadStableDiffusion(path, {
     ...o,
     predictionType: o.predictionType ?? (folder ? undefined : "v_prediction"),
+    // a single file does not say the training input size: x4-upscaling.yaml's unet image_size 128
+    overrides: folder ? o.overrides : { ...o.overrides, unet: { sampleSize: 128, ...o.overrides?.unet } },
   });
   try {
     return { ...model, ...upscalerExtras(path, model) };
