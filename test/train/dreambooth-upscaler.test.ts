@@ -230,3 +230,41 @@ test("dreambooth_upscaler: a short run trains the UNet, saves an upscaler folder
   assert.equal(r2.reason, "done");
   assert.equal(resumedSteps.length, 1, "the resumed run takes the one step left");
 });
+
+test("dreambooth_upscaler with prior preservation: class pairs from class pictures; missing ones are refused, nothing written", async () => {
+  const instance = join(root, "pp-instance");
+  const classes = join(root, "pp-class");
+  mkdirSync(instance);
+  writeFileSync(join(instance, "a.png"), subjectPicture(0));
+  const base = {
+    model: MODEL,
+    tokenizer: TOKENIZER,
+    method: "dreambooth_upscaler",
+    resolution: 32,
+    max_steps: 1,
+    seed: 2,
+    prior_loss_weight: 1,
+    save: { formats: ["diffusers"], state: false },
+  };
+  const concept = {
+    instance_data_dir: instance,
+    instance_prompt: "a photo of sks square",
+    class_data_dir: classes,
+    class_prompt: "a photo of a square",
+    num_class_images: 2,
+  };
+  const missing = loadTrainConfig({ ...base, output_dir: join(root, "pp-missing"), concepts: [concept] });
+  await assert.rejects(createTrainer(missing).run(), /2 class pictures wanted, 0 in .*a ×4 upscaler cannot generate them/);
+  assert.equal(existsSync(join(root, "pp-missing")), false);
+  assert.equal(existsSync(classes), false);
+
+  mkdirSync(classes);
+  for (let i = 0; i < 2; i++) writeFileSync(join(classes, `c${i}.png`), subjectPicture(3 + i));
+  const c = loadTrainConfig({ ...base, output_dir: join(root, "pp"), concepts: [concept] });
+  const events: TrainerEvent[] = [];
+  const trainer = createTrainer(c);
+  trainer.on((e) => events.push(e));
+  assert.equal((await trainer.run()).reason, "done");
+  const step = events.find((e) => e.type === "step");
+  assert.ok(step && step.type === "step" && Number.isFinite(step.terms.prior_loss), "a prior term was trained");
+});
