@@ -254,7 +254,10 @@ test("dreambooth_upscaler with prior preservation: class pairs from class pictur
     num_class_images: 2,
   };
   const missing = loadTrainConfig({ ...base, output_dir: join(root, "pp-missing"), concepts: [concept] });
-  await assert.rejects(createTrainer(missing).run(), /2 class pictures wanted, 0 in .*a ×4 upscaler cannot generate them/);
+  await assert.rejects(
+    createTrainer(missing).run(),
+    /2 class pictures wanted, 0 in .*a ×4 upscaler cannot generate them/,
+  );
   assert.equal(existsSync(join(root, "pp-missing")), false);
   assert.equal(existsSync(classes), false);
 
