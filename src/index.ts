@@ -9,7 +9,10 @@ export * as safetensors from "./formats/safetensors.js";
 
 export { type GenerateRgbOptions, generateRgb, type RgbImage } from "./infer/generate-rgb.js";
 export { type Txt2ImgOptions, txt2img } from "./infer/txt2img.js";
+export { type UpscaleOptions, upscale } from "./infer/upscale.js";
+export { generateTwoStage, upscaleRgb } from "./infer/upscale-rgb.js";
 export { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "./models/stable-diffusion.js";
+export { type LoadedUpscaler, loadUpscaler } from "./models/upscaler/index.js";
 export { SAMPLER_NAMES } from "./schedulers/index.js";
 export { convertCheckpoint } from "./tools/convert.js";
 export { formatReport, inspectFile } from "./tools/inspect.js";

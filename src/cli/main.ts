@@ -6,6 +6,7 @@ import { evalCommand } from "./eval-command.js";
 import { convert, generate, inspect } from "./model-commands.js";
 import { shapesCommand } from "./shapes-commands.js";
 import { checkConfigCommand, createModelCommand, modelsCommand, trainCommand } from "./train-commands.js";
+import { UPSCALE_SUMMARY, upscaleCommand } from "./upscale-command.js";
 
 interface Command {
   summary: string;
@@ -28,9 +29,10 @@ const commands: Record<string, Command> = {
   },
   generate: {
     summary:
-      "text to image: --model PATH --prompt TEXT [--negative --sampler --steps --cfg --seed --width --height --batch --out]",
+      "text to image: --model PATH --prompt TEXT [--negative --sampler --steps --cfg --seed --width --height --batch --out] [--upscaler MODEL --noise-level N --upscaler-steps N --upscaler-cfg X]",
     run: generate,
   },
+  upscale: { summary: UPSCALE_SUMMARY, run: upscaleCommand },
   convert: {
     summary: "IN OUT [--to ldm|diffusers] [--dtype fp32|fp16|bf16]: convert a checkpoint",
     run: convert,

@@ -7,6 +7,7 @@ import { SAMPLER_NAMES } from "../schedulers/index.js";
 import { convertCheckpoint } from "../tools/convert.js";
 import { formatReport, inspectFile } from "../tools/inspect.js";
 import { num, oneOf, parse, required, str, UsageError } from "./args.js";
+import { generateWithUpscaler, UPSCALER_FLAGS } from "./upscale-command.js";
 
 const DTYPES: Record<string, DType> = { fp32: "float32", fp16: "float16", bf16: "bfloat16" };
 
@@ -30,6 +31,7 @@ export function generate(argv: string[]): number {
       out: { type: "string" },
       "save-latent": { type: "string" },
       "lora-dir": { type: "string", multiple: true },
+      ...UPSCALER_FLAGS,
     },
     { min: 0, max: 0, names: "only flags" },
   );
@@ -57,6 +59,13 @@ export function generate(argv: string[]): number {
     device: str(values, "device"),
     tokenizerDir: str(values, "tokenizer"),
   });
+  if (str(values, "upscaler") !== undefined) {
+    try {
+      return generateWithUpscaler(model, values, { ...options, onLatents: undefined }, out, latentPath);
+    } finally {
+      disposeStableDiffusion(model);
+    }
+  }
   try {
     const started = Date.now();
     const result = generateRgb(model, {

@@ -79,7 +79,27 @@ export function inferUNetFromLdm(src: KeyShapes, path: string): UNetConfig {
     down.push(src.has(`${P}input_blocks.${(L + 1) * i + 1}.1.proj_in.weight`) ? "CrossAttnDownBlock2D" : "DownBlock2D");
     up.push(src.has(`${P}output_blocks.${(L + 1) * i}.1.proj_in.weight`) ? "CrossAttnUpBlock2D" : "UpBlock2D");
   }
-  return finishUNet(src, keys, path, {
+  // The ×4 upscaler: label_emb (its noise level), and attn1 reading the text where self-attention is disabled.
+  const extra: Partial<UNetConfig> = {};
+  if (src.has(`${P}label_emb.weight`)) {
+    extra.numClassEmbeds = src.info(`${P}label_emb.weight`).shape[0];
+    // Stability-AI configs/stable-diffusion/x4-upscaling.yaml: num_heads 8 at every level (not 64-channel heads).
+    extra.attentionHeadDim = 8;
+  }
+  const onlyCross = down.map((t, i) => {
+    const k = `${P}input_blocks.${(L + 1) * i + 1}.1.transformer_blocks.0.attn1.to_k.weight`;
+    return t === "CrossAttnDownBlock2D" && src.has(k) && src.info(k).shape[1] !== boc[i];
+  });
+  if (onlyCross.some(Boolean)) {
+    // A level without attention has no say; take its neighbour's (x4-upscaling.yaml: [True, True, True, False]).
+    const attn = down.map((t) => t === "CrossAttnDownBlock2D");
+    extra.onlyCrossAttention = onlyCross.map((v, i) => {
+      if (attn[i]) return v;
+      const j = [...attn.keys()].find((k) => k > i && attn[k]) ?? [...attn.keys()].reverse().find((k) => attn[k]);
+      return j === undefined ? false : onlyCross[j];
+    });
+  }
+  const found = finishUNet(src, keys, path, {
     conv_in: `${P}input_blocks.0.0.weight`,
     conv_out: `${P}out.2.weight`,
     boc,
@@ -87,6 +107,7 @@ export function inferUNetFromLdm(src: KeyShapes, path: string): UNetConfig {
     up,
     L,
   });
+  return { ...found, ...extra };
 }
 
 /** UNet config from diffusers keys (`down_blocks.*`), for state dicts that come without a config.json. */

@@ -48,7 +48,8 @@ export function loadCheckpoint(path: string, o: LoadCheckpointOptions = {}): Loa
 /** Refuses what is not an SD1/SD2 single-file checkpoint, with a hint at what it looks like. */
 function classify(path: string, keys: string[], other: Record<string, unknown>): void {
   const has = (p: string) => keys.some((k) => k.startsWith(p));
-  if (has("conditioner.embedders.1.") || has(`${UNET_PREFIX}label_emb.`)) {
+  // SDXL's label_emb is an MLP (label_emb.0.0.*); the ×4 upscaler's noise-level label_emb.weight is an Embedding.
+  if (has("conditioner.embedders.1.") || has(`${UNET_PREFIX}label_emb.0.`)) {
     throw new CheckpointError(`${path}: an SDXL (or class-conditioned) checkpoint; only SD 1.x and 2.x are supported`);
   }
   if (has(UNET_PREFIX) || has(VAE_PREFIX) || has("cond_stage_model.") || has("conditioner.embedders.0.model.")) return;

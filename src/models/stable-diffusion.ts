@@ -32,7 +32,8 @@ export interface LoadedStableDiffusion extends StableDiffusion {
   info: CheckpointInfo;
 }
 
-export interface LoadStableDiffusionOptions extends Pick<LoadCheckpointOptions, "predictionType" | "ema" | "variant"> {
+export interface LoadStableDiffusionOptions
+  extends Pick<LoadCheckpointOptions, "predictionType" | "ema" | "variant" | "overrides"> {
   device?: string;
   /** Weights dtype (default float32). */
   dtype?: DType;
@@ -79,6 +80,7 @@ export function loadStableDiffusion(path: string, o: LoadStableDiffusionOptions 
     predictionType: o.predictionType,
     ema: o.ema,
     variant: o.variant,
+    overrides: o.overrides,
   });
   const init = { mode: "empty" as const, dtype, device };
   const built: Partial<StableDiffusion> = {};

@@ -28,6 +28,7 @@ export function diffusionMicroLoss(p: RunParts, batch: Batch): MicroLoss {
     prompts: batch.prompts,
     context: batch.context ?? null,
     isClass: batch.isClass,
+    pixels: batch.pixels,
   };
   const context = method.encodeText
     ? method.encodeText(s)

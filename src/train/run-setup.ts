@@ -146,6 +146,7 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
         cache: c.cache_latents ? "disk" : "none",
         dir: join(c.output_dir, "cache", "latents"),
       },
+      withPixels: method.needsPixels === true,
       textCache,
       onWarning: o.warn,
     });

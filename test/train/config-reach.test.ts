@@ -142,6 +142,18 @@ const runs: Record<string, Record<string, unknown>> = {
     bucketing: { enabled: true, min: 64, max: 128, step: 64 },
     concepts: [concept],
   },
+  // stage 2 on the fixtures' tiny ×4 upscaler: 32² pictures, an 8² low-res input
+  dreambooth_upscaler: {
+    model: sharedFixture("upscaler"),
+    tokenizer: sharedFixture("tokenizer"),
+    resolution: 32,
+    seed: 3,
+    method: "dreambooth_upscaler",
+    max_steps: 1,
+    upscaler: { noise_level: 30, lora_rank: 2, lora_alpha: 1 },
+    concepts: [concept],
+    save: { formats: ["lora", "diffusers"] },
+  },
   piecewise: {
     ...common,
     use_lora: true,

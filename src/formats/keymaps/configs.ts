@@ -23,6 +23,10 @@ export interface UNetConfig {
   upcastAttention: boolean;
   flipSinToCos: boolean;
   freqShift: number;
+  /** diffusers' only_cross_attention (per down block); set only where not false (the ×4 upscaler). */
+  onlyCrossAttention?: boolean | boolean[];
+  /** diffusers' num_class_embeds: class_embedding ⇄ LDM label_emb (the ×4 upscaler's noise level). */
+  numClassEmbeds?: number;
 }
 
 export interface VaeConfig {
@@ -176,6 +180,8 @@ export function unetConfigToDiffusers(c: UNetConfig): Json {
     up_block_types: c.upBlockTypes,
     upcast_attention: c.upcastAttention,
     use_linear_projection: c.useLinearProjection,
+    ...(c.onlyCrossAttention !== undefined ? { only_cross_attention: c.onlyCrossAttention } : {}),
+    ...(c.numClassEmbeds !== undefined ? { num_class_embeds: c.numClassEmbeds } : {}),
   };
 }
 
@@ -190,7 +196,24 @@ export function unetConfigFromDiffusers(j: Json, what = "unet config"): UNetConf
   const tl = j.transformer_layers_per_block;
   if (Array.isArray(tl) && new Set(tl).size > 1) throw new Error(`${what}: per-level transformer_layers_per_block`);
   const heads = j.attention_head_dim;
+  const extra: Partial<UNetConfig> = {};
+  const onlyCross = j.only_cross_attention ?? false;
+  if (Array.isArray(onlyCross) && onlyCross.every((v) => typeof v === "boolean")) {
+    if (onlyCross.length !== boc.length)
+      throw new Error(`${what}: only_cross_attention has ${onlyCross.length} entries for ${boc.length} blocks`);
+    if (onlyCross.some(Boolean)) extra.onlyCrossAttention = [...onlyCross];
+  } else if (onlyCross === true) extra.onlyCrossAttention = true;
+  else if (onlyCross !== false) throw new Error(`${what}: only_cross_attention ${JSON.stringify(onlyCross)}`);
+  const classes = j.num_class_embeds ?? null;
+  if (classes !== null) {
+    if (!Number.isInteger(classes) || (classes as number) < 1)
+      throw new Error(`${what}: num_class_embeds ${JSON.stringify(classes)} is not a positive integer`);
+    if ((j.class_embed_type ?? null) !== null)
+      throw new Error(`${what}: class_embed_type ${JSON.stringify(j.class_embed_type)} is not supported`);
+    extra.numClassEmbeds = classes as number;
+  }
   return {
+    ...extra,
     sampleSize: num(j, "sample_size", 64),
     inChannels: num(j, "in_channels", 4),
     outChannels: num(j, "out_channels", 4),

@@ -76,6 +76,8 @@ export function unetKeyMap(c: UNetConfig): KeyMap {
   b.module("conv_in", "input_blocks.0.0");
   b.module("time_embedding.linear_1", "time_embed.0");
   b.module("time_embedding.linear_2", "time_embed.2");
+  // diffusers convert_from_ckpt.py: class_embedding.weight = label_emb.weight (StableDiffusionUpscalePipeline).
+  if (c.numClassEmbeds !== undefined) b.module("class_embedding", "label_emb", false);
 
   let out = c.blockOutChannels[0];
   for (let i = 0; i < n; i++) {

@@ -15,12 +15,17 @@ export interface TransformerBlockConfig {
   crossAttentionDim: number;
   dropout?: number;
   upcastAttention?: boolean;
+  /** attn1 attends to the context too (diffusers only_cross_attention; the ×4 upscaler). */
+  onlyCrossAttention?: boolean;
 }
 
 /** x += attn1(norm1(x)); x += attn2(norm2(x), context); x += ff(norm3(x)). */
 export class BasicTransformerBlock extends Block {
+  readonly onlyCrossAttention: boolean;
+
   constructor(c: TransformerBlockConfig, init: InitOptions = {}) {
     super(init);
+    this.onlyCrossAttention = c.onlyCrossAttention ?? false;
     const attn = {
       queryDim: c.dim,
       heads: c.heads,
@@ -29,7 +34,8 @@ export class BasicTransformerBlock extends Block {
       upcastAttention: c.upcastAttention,
     };
     this.add("norm1", new LayerNorm(c.dim, 1e-5, init));
-    this.add("attn1", new Attention(attn, init));
+    const attn1 = this.onlyCrossAttention ? { ...attn, crossAttentionDim: c.crossAttentionDim } : attn;
+    this.add("attn1", new Attention(attn1, init));
     this.add("norm2", new LayerNorm(c.dim, 1e-5, init));
     this.add("attn2", new Attention({ ...attn, crossAttentionDim: c.crossAttentionDim }, init));
     this.add("norm3", new LayerNorm(c.dim, 1e-5, init));
@@ -39,7 +45,8 @@ export class BasicTransformerBlock extends Block {
   /** x [B, L, dim], context [B, S, crossAttentionDim]. */
   forward(x: Tensor, context: Tensor): Tensor {
     return scope(() => {
-      let h = this.mod<Attention>("attn1").forward(this.call("norm1", x)).add(x);
+      const ctx1 = this.onlyCrossAttention ? context : null;
+      let h = this.mod<Attention>("attn1").forward(this.call("norm1", x), ctx1).add(x);
       h = this.mod<Attention>("attn2").forward(this.call("norm2", h), context).add(h);
       return this.call("ff", this.call("norm3", h)).add(h);
     });
@@ -58,6 +65,7 @@ export interface Transformer2DConfig {
   useLinearProjection?: boolean;
   upcastAttention?: boolean;
   dropout?: number;
+  onlyCrossAttention?: boolean;
 }
 
 /**
@@ -85,6 +93,7 @@ export class Transformer2DModel extends Block {
       crossAttentionDim: c.crossAttentionDim,
       dropout: c.dropout,
       upcastAttention: c.upcastAttention,
+      onlyCrossAttention: c.onlyCrossAttention,
     };
     for (let i = 0; i < (c.numLayers ?? 1); i++) blocks.push(new BasicTransformerBlock(blockConfig, init));
     this.add("proj_out", proj(inner, c.inChannels));

@@ -22,6 +22,8 @@ export interface CrossAttnConfig {
   transformerLayers: number;
   useLinearProjection: boolean;
   upcastAttention: boolean;
+  /** attn1 attends to the context as well (diffusers only_cross_attention). */
+  onlyCrossAttention?: boolean;
 }
 
 export type DownBlockType = "CrossAttnDownBlock2D" | "DownBlock2D";
@@ -52,6 +54,7 @@ function transformer(c: UNetBlockConfig, a: CrossAttnConfig, channels: number, i
       normNumGroups: c.groups,
       useLinearProjection: a.useLinearProjection,
       upcastAttention: a.upcastAttention,
+      onlyCrossAttention: a.onlyCrossAttention,
       dropout: c.dropout,
     },
     init,

@@ -30,6 +30,18 @@ export interface UNetConfig {
   freqShift: number;
   transformerLayersPerBlock?: number | number[];
   dropout?: number;
+  /**
+   * diffusers' only_cross_attention, one entry per down block (the up blocks
+   * take the reversed list; the mid block keeps its self-attention): attn1
+   * attends to the text as well. The ×4 upscaler: [true, true, true, false].
+   */
+  onlyCrossAttention?: boolean | boolean[];
+  /**
+   * diffusers' num_class_embeds (class_embed_type null): class_embedding
+   * [n, 4·ch0], whose row class_labels[b] is added to the time embedding
+   * (the ×4 upscaler's noise level; 1000 rows).
+   */
+  numClassEmbeds?: number;
 }
 
 const SD_BLOCKS = {
@@ -101,7 +113,6 @@ export function unetConfigFromDiffusers(json: Record<string, unknown>): UNetConf
   const unsupported: [string, unknown][] = [
     ["center_input_sample", false],
     ["mid_block_type", "UNetMidBlock2DCrossAttn"],
-    ["only_cross_attention", false],
     ["dual_cross_attention", false],
     ["class_embed_type", null],
     ["addition_embed_type", null],
@@ -122,7 +133,19 @@ export function unetConfigFromDiffusers(json: Record<string, unknown>): UNetConf
   const up = get<string[]>("up_block_types", sd15.upBlockTypes);
   for (const t of down) if (!DOWN.includes(t)) throw new Error(`UNet config: down block type ${t} is not supported`);
   for (const t of up) if (!UP.includes(t)) throw new Error(`UNet config: up block type ${t} is not supported`);
+  const onlyCross = json.only_cross_attention ?? false;
+  if (typeof onlyCross !== "boolean" && !(Array.isArray(onlyCross) && onlyCross.every((v) => typeof v === "boolean")))
+    throw new Error(
+      `UNet config: only_cross_attention=${JSON.stringify(onlyCross)} is not a boolean or a list of them`,
+    );
+  const classes = json.num_class_embeds ?? null;
+  if (classes !== null && !(Number.isInteger(classes) && (classes as number) > 0))
+    throw new Error(`UNet config: num_class_embeds=${JSON.stringify(classes)} is not a positive integer`);
+  const extra: Partial<UNetConfig> = {};
+  if (onlyCross !== false) extra.onlyCrossAttention = onlyCross as boolean | boolean[];
+  if (classes !== null) extra.numClassEmbeds = classes as number;
   return {
+    ...extra,
     sampleSize: get("sample_size", 64),
     inChannels: get("in_channels", 4),
     outChannels: get("out_channels", 4),

@@ -1,7 +1,7 @@
 // UNet2DConditionModel for SD1.x/SD2.x, parameter paths = diffusers keys
 // (huggingface/diffusers v0.19.3 src/diffusers/models/unet_2d_condition.py).
 import { full, scope, type Tensor } from "../../engine/index.js";
-import { Conv2d, GroupNorm, type InitOptions } from "../../nn/index.js";
+import { Conv2d, Embedding, GroupNorm, type InitOptions } from "../../nn/index.js";
 import { Block, ModuleList, TimestepEmbedding, timestepFeatures } from "../blocks/index.js";
 import { type CrossAttnConfig, DownBlock, UNetMidBlock2DCrossAttn, UpBlock } from "./blocks.js";
 import { type UNetConfig, type UNetPreset, unetPresets } from "./config.js";
@@ -32,10 +32,15 @@ export class UNet2DConditionModel extends Block {
     }
     const heads = perBlock(c.numAttentionHeads ?? c.attentionHeadDim, n, "attention heads");
     const layers = perBlock(c.transformerLayersPerBlock ?? 1, n, "transformer_layers_per_block");
+    const oc = c.onlyCrossAttention ?? false;
+    const onlyCross = typeof oc === "boolean" ? Array<boolean>(n).fill(oc) : oc;
+    if (onlyCross.length !== n)
+      throw new Error(`UNet config: only_cross_attention has ${onlyCross.length} entries for ${n} blocks`);
     const ch0 = c.blockOutChannels[0];
     const timeDim = ch0 * 4;
     const base = { tembChannels: timeDim, groups: c.normNumGroups, eps: c.normEps, dropout: c.dropout ?? 0 };
-    const attn = (i: number): CrossAttnConfig => ({
+    const attn = (i: number, mid = false): CrossAttnConfig => ({
+      onlyCrossAttention: !mid && onlyCross[i],
       heads: heads[i],
       crossAttentionDim: c.crossAttentionDim,
       transformerLayers: layers[i],
@@ -45,6 +50,7 @@ export class UNet2DConditionModel extends Block {
 
     this.add("conv_in", new Conv2d(c.inChannels, ch0, 3, { padding: 1 }, init));
     this.add("time_embedding", new TimestepEmbedding(ch0, timeDim, init));
+    if (c.numClassEmbeds !== undefined) this.add("class_embedding", new Embedding(c.numClassEmbeds, timeDim, init));
 
     const down = this.add("down_blocks", new ModuleList<DownBlock>());
     let out = ch0;
@@ -63,7 +69,7 @@ export class UNet2DConditionModel extends Block {
     }
 
     const last = c.blockOutChannels[n - 1];
-    const mid = { ...base, numLayers: 1, channels: last, attention: attn(n - 1) };
+    const mid = { ...base, numLayers: 1, channels: last, attention: attn(n - 1, true) };
     this.add("mid_block", new UNetMidBlock2DCrossAttn(mid, init));
 
     // Up blocks mirror the down path; their heads and layers are the reversed lists.
@@ -96,12 +102,23 @@ export class UNet2DConditionModel extends Block {
 
   /**
    * sample [B, in, H, W]; timestep a number, a 0-d tensor or a [B] tensor (int or
-   * float); context (encoder hidden states) [B, S, crossAttentionDim].
+   * float); context (encoder hidden states) [B, S, crossAttentionDim];
+   * classLabels [B] int64, required when the config has numClassEmbeds (the
+   * ×4 upscaler's noise level): that row of class_embedding is added to the
+   * time embedding after its MLP (diffusers get_class_embed).
    */
-  forward(sample: Tensor, timestep: number | Tensor, context: Tensor): Tensor {
+  forward(sample: Tensor, timestep: number | Tensor, context: Tensor, classLabels?: Tensor): Tensor {
     return scope(() => {
       const [batch, , height, width] = sample.shape;
-      const emb = this.call("time_embedding", this.timeFeatures(timestep, batch, sample));
+      let emb = this.call("time_embedding", this.timeFeatures(timestep, batch, sample));
+      if (this.config.numClassEmbeds !== undefined) {
+        if (!classLabels) throw new Error("UNet: this model has a class embedding, so class_labels must be given");
+        if (classLabels.ndim !== 1 || classLabels.size(0) !== batch)
+          throw new Error(`UNet: class_labels must hold ${batch} values, got shape [${classLabels.shape}]`);
+        const labels = classLabels.device === sample.device ? classLabels : classLabels.to(sample.device);
+        const rows = this.mod<Embedding>("class_embedding").forward(labels);
+        emb = emb.add(rows.dtype === emb.dtype ? rows : rows.to(emb.dtype));
+      }
 
       // Sizes that are not multiples of 2^upsamplers need explicit upsample sizes.
       const factor = 2 ** this.numUpsamplers;

@@ -15,6 +15,7 @@ import { encodePng } from "../../formats/png.js";
 import { generateRgb } from "../../infer/generate-rgb.js";
 import { parametersText } from "../../infer/save-images.js";
 import type { StableDiffusion } from "../../infer/txt2img.js";
+import { notAnUpscaler } from "../../models/upscaler/index.js";
 import type { ConceptConfig } from "../config-core.js";
 import { applyTemplate, captionPath } from "./captions.js";
 import { checkImages, classImagesWanted, scanImages } from "./concepts.js";
@@ -87,6 +88,14 @@ export async function ensureClassImages(
   const batch = concept.class_batch_size;
   if (!Number.isInteger(batch) || batch < 1) throw new Error(`class_batch_size must be an integer >= 1, got ${batch}`);
 
+  if (notAnUpscaler(model) === null) {
+    // An upscaler makes no pictures from text: stage-2 class pairs come from class pictures already there.
+    const have = existsSync(dir) ? (await checkImages(scanImages(dir))).images.length : 0;
+    if (have < wanted)
+      throw new Error(
+        `concept ${concept.instance_data_dir}: ${wanted} class pictures wanted, ${have} in ${dir}; a ×4 upscaler cannot generate them — put the class pictures there (or lower num_class_images)`,
+      );
+  }
   mkdirSync(dir, { recursive: true });
   const checked = await checkImages(scanImages(dir));
   const existing = checked.images.length;

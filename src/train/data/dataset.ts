@@ -75,6 +75,8 @@ export interface DatasetConfig {
   background?: Background;
   /** Produce latents with this VAE; without it, batches carry pixels. */
   latents?: LatentOptions;
+  /** With latents, batches carry their pixels too (a method that reads both: dreambooth_upscaler). */
+  withPixels?: boolean;
   /** Attach each batch's text conditioning (`context`) from this cache. */
   textCache?: TextEmbeddingCache;
   /** Where batch tensors are put (default "cpu"). */
@@ -290,7 +292,8 @@ export class Dataset {
         } finally {
           for (const p of parts) p.dispose();
         }
-      } else {
+      }
+      if (!this.config.latents || this.config.withPixels) {
         const images = await Promise.all(items.map((i) => this.#pixels(i.path, bucket)));
         batch.pixels = scope(() => pixelsToTensor(images).to(device));
       }

@@ -44,6 +44,8 @@ export interface StepInputs {
   /** Cached text embeddings, when the text encoder does not train. */
   context: Tensor | null;
   isClass: boolean[];
+  /** The batch's pictures [B, 3, H, W] in [-1, 1], for a method with needsPixels (the latents' own images). */
+  pixels?: Tensor;
 }
 
 /** A method set up on a model for one run. Optional hooks replace the trainer's defaults (diffusion-step.ts). */
@@ -51,6 +53,8 @@ export interface TrainingMethod {
   readonly name: string;
   /** Whether the text encoder's output changes during training (so its embeddings cannot be cached). */
   readonly trainsTextEncoder: boolean;
+  /** Batches carry their pictures as well as their latents (StepInputs.pixels). */
+  readonly needsPixels?: boolean;
   groups(): ParamGroupSpec[];
   /** Trainable tensors by a stable name, for the resumable state. */
   namedTrainable(): Map<string, Tensor>;
