@@ -4,6 +4,7 @@
 // sampler's init sigma; classifier-free guidance over [uncond, cond]; the
 // sampler's steps; the VAE decode. Prompts are encoded the A1111 way
 // (emphasis, BREAK, 75-token chunks, clip skip): src/infer/prompt-encoding.ts.
+import type { EmbeddingLookup } from "../adapters/embeddings.js";
 import { type AppliedLoras, applyLoraTags } from "../adapters/prompt-loras.js";
 import { cat, Generator, keep, noGrad, randn, round, scope, type Tensor } from "../engine/index.js";
 import type { StableDiffusion } from "../models/stable-diffusion.js";
@@ -31,6 +32,8 @@ export interface Txt2ImgOptions {
    * LoRAs are applied for this call; without it the prompts are used as written.
    */
   loraDirs?: readonly string[];
+  /** Textual-inversion embeddings the prompt and the negative prompt may name (adapters/embeddings.ts). */
+  embeddings?: EmbeddingLookup;
   /** Called after each step with (step index, total). */
   onStep?: (i: number, total: number) => void;
 }
@@ -41,7 +44,7 @@ export interface Txt2ImgResult {
   /** Images [B, 3, H, W] in [0, 1], float32 on the CPU. */
   images: Tensor;
   /** The settings used, with defaults filled in. */
-  settings: Required<Omit<Txt2ImgOptions, "onStep" | "loraDirs">>;
+  settings: Required<Omit<Txt2ImgOptions, "onStep" | "loraDirs" | "embeddings">>;
 }
 
 /** The VAE's downsampling factor (8 for SD; 2^(levels−1) in general). */
@@ -133,6 +136,7 @@ export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResul
         const context = encodePrompts(model.textEncoder, model.tokenizer, prompts, {
           clipSkip: settings.clipSkip,
           padId: model.kind === "sd2" ? 0 : undefined,
+          embeddings: o.embeddings,
         }).to(model.device, dtype);
 
         sampler.setTimesteps(steps);
