@@ -142,6 +142,14 @@ const runs: Record<string, Record<string, unknown>> = {
     bucketing: { enabled: true, min: 64, max: 128, step: 64 },
     concepts: [concept],
   },
+  textual_inversion: {
+    ...common,
+    method: "textual_inversion",
+    max_steps: 1,
+    textual_inversion: { token: "zqx-sq", init_text: "square", vectors: 2, templates: ["a [name], [filewords]"] },
+    concepts: [concept],
+    save: { formats: ["embedding_pt", "embedding_safetensors"] },
+  },
   piecewise: {
     ...common,
     use_lora: true,
