@@ -5,11 +5,12 @@
 import type { CoreConfig } from "../config-core.js";
 import type { Infer } from "../config-fields.js";
 import { dreambooth } from "./dreambooth.js";
+import { hypernetwork } from "./hypernetwork.js";
 import { lora } from "./lora.js";
 import type { MethodSpec } from "./method.js";
 import { textualInversion } from "./textual-inversion.js";
 
-export const METHOD_SPECS = [dreambooth, lora, textualInversion] as const;
+export const METHOD_SPECS = [dreambooth, lora, textualInversion, hypernetwork] as const;
 
 type Specs = (typeof METHOD_SPECS)[number];
 type UnionToIntersection<U> = (U extends unknown ? (x: U) => void : never) extends (x: infer I) => void ? I : never;
