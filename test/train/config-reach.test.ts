@@ -150,6 +150,23 @@ const runs: Record<string, Record<string, unknown>> = {
     concepts: [concept],
     save: { formats: ["embedding_pt", "embedding_safetensors"] },
   },
+  hypernetwork: {
+    ...common,
+    method: "hypernetwork",
+    max_steps: 1,
+    hypernetwork: {
+      name: "hn",
+      sizes: [32, 64],
+      layer_structure: [1, 1.5, 1],
+      activation: "swish",
+      weight_init: "XavierNormal",
+      layer_norm: true,
+      use_dropout: true,
+      last_layer_dropout: true,
+      activate_output: true,
+    },
+    concepts: [concept],
+  },
   piecewise: {
     ...common,
     use_lora: true,
