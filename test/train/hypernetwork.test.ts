@@ -120,3 +120,14 @@ test("a shortened run lowers the denoising loss with the hypernetwork attached; 
     disposeStableDiffusion(model);
   }
 });
+
+test("resume from a saved state continues exactly", async () => {
+  const whole = await train(loadTrainConfig(raw("hn-whole", { max_steps: 4 })), quiet);
+  const cfg = raw("hn-part", { max_steps: 4, save: { state: true } });
+  await train(loadTrainConfig(cfg), { ...quiet, stopAfter: 2 });
+  const resumed = await train(loadTrainConfig(cfg), { ...quiet, resume: join(w.root, "hn-part", "state-step000002") });
+  assert.deepEqual(
+    resumed.losses.map((s) => s.loss),
+    whole.losses.map((s) => s.loss),
+  );
+});
