@@ -10,6 +10,7 @@ import { after, test } from "node:test";
 import { loadEmbeddingFile } from "../../src/adapters/embedding-file.js";
 import { Generator, noGrad, randn, scope, type Tensor, tensor } from "../../src/engine/index.js";
 import { AdamW } from "../../src/engine/optim/index.js";
+import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { encodePrompts } from "../../src/infer/prompt-encoding.js";
 import {
   disposeStableDiffusion,
@@ -180,5 +181,32 @@ test("resume from a saved state continues exactly; only the new vectors train, t
     method.dispose();
     generator.dispose();
     disposeStableDiffusion(model);
+  }
+});
+
+test("pivotal tuning: a UNet LoRA trains with the embedding; the LoRA file bundles it as bundle_emb.*", async () => {
+  const c = loadTrainConfig(
+    raw("pivotal", {
+      max_steps: 3,
+      textual_inversion: { token: "zqx-square", lora_rank: 2, lora_lr: 1e-2, bundle: true },
+    }),
+  );
+  assert.throws(
+    () => loadTrainConfig(raw("pivotal", { textual_inversion: { token: "zqx-square", bundle: true } })),
+    /bundle needs a LoRA/,
+  );
+  await train(c, quiet);
+  const emb = loadEmbeddingFile(join(c.output_dir, "zqx-square.pt"));
+  const { tensors, metadata } = loadSafetensors(join(c.output_dir, "zqx-square-lora.safetensors"));
+  try {
+    assert.equal(metadata.ss_network_dim, "2");
+    assert.deepEqual(tensors.get("bundle_emb.zqx-square.string_to_param.*")!.toArray(), emb.vectors.toArray());
+    const ups = [...tensors].filter(([k]) => k.startsWith("lora_unet_") && k.endsWith("lora_up.weight"));
+    assert.ok(ups.length > 0);
+    const moved = Math.max(...ups.map(([, t]) => scope(() => t.abs().max().item())));
+    assert.ok(moved > 0, "the LoRA's up weights (zero at the start) trained");
+  } finally {
+    emb.vectors.dispose();
+    for (const t of tensors.values()) t.dispose();
   }
 });

@@ -13,7 +13,9 @@
 import { basename, join } from "node:path";
 import { saveEmbeddingFile } from "../../adapters/embedding-file.js";
 import { type EmbeddingLookup, embeddingWordClash } from "../../adapters/embeddings.js";
+import { injectLora, saveLora } from "../../adapters/network.js";
 import { keep, noGrad, scope, type Tensor, tensor, zeros } from "../../engine/index.js";
+import { loadSafetensors, saveSafetensors } from "../../formats/safetensors.js";
 import { encodePrompts } from "../../infer/prompt-encoding.js";
 import type { LoadedStableDiffusion } from "../../models/stable-diffusion.js";
 import { f } from "../config-fields.js";
@@ -45,6 +47,17 @@ const TI_FIELDS = {
     nonEmpty: true,
     doc: "prompt template lines; [name] = the token, [filewords] = the image's caption (A1111 templates)",
   }),
+  lora_rank: f.int({
+    min: 0,
+    max: 1024,
+    default: 0,
+    doc: "pivotal tuning: also train a UNet LoRA of this rank, jointly with the embedding (0 = off)",
+  }),
+  lora_lr: f.number({ above: 0, default: 1e-4, doc: "pivotal tuning: the LoRA's learning rate" }),
+  bundle: f.bool({
+    default: false,
+    doc: "pivotal tuning: also put the embedding in the LoRA file as bundle_emb.<token>.string_to_param.* (A1111, Forge)",
+  }),
 };
 
 export const textualInversion = defineMethod({
@@ -74,6 +87,11 @@ export const textualInversion = defineMethod({
         "textual_inversion.templates",
         "no template line holds [name]: the embedding's word would never be in a prompt",
       );
+    if (t.bundle && t.lora_rank === 0)
+      throw r.error(
+        "textual_inversion.bundle",
+        "textual_inversion.bundle needs a LoRA (set textual_inversion.lora_rank)",
+      );
     if (r.given("train_text_encoder") === true)
       throw r.error(
         "train_text_encoder",
@@ -91,6 +109,18 @@ export const textualInversion = defineMethod({
     model.unet.requiresGrad_(false).eval();
     model.textEncoder.requiresGrad_(false).eval();
     const vectors = keep(initVectors(model, t.init_text, t.vectors)).requiresGrad_(true);
+    // pivotal tuning (cloneofsimo/lora, kohya): a UNet LoRA trains with the embedding
+    const network =
+      t.lora_rank > 0
+        ? injectLora(model, {
+            rank: t.lora_rank,
+            alpha: t.lora_rank,
+            unet: true,
+            textEncoder: false,
+            generator: ctx.generator,
+          })
+        : null;
+    if (network) model.unet.train();
     const ids = model.tokenizer.encodeTokens(t.token);
     const lookup: EmbeddingLookup = {
       findAt(tokens, position) {
@@ -109,8 +139,18 @@ export const textualInversion = defineMethod({
     return {
       name: "textual_inversion",
       trainsTextEncoder: true,
-      groups: () => [{ name: "embedding", params: [vectors], lr: c.learning_rate }],
-      namedTrainable: () => new Map([[`textual_inversion.${t.token}`, vectors]]),
+      groups: () => [
+        { name: "embedding", params: [vectors], lr: c.learning_rate },
+        ...(network ? [{ name: "unet", params: network.trainableParameters("unet"), lr: t.lora_lr }] : []),
+      ],
+      namedTrainable: () => {
+        const out = new Map([[`textual_inversion.${t.token}`, vectors]]);
+        if (network) {
+          const trainable = new Set(network.trainableParameters());
+          for (const [k, x] of network.stateDict()) if (trainable.has(x)) out.set(`lora.${k}`, x);
+        }
+        return out;
+      },
       encodeText(s) {
         const steps = s.timesteps.toArray();
         const prompts = s.prompts.map((p, i) => template(p, steps[i] * 64 + i));
@@ -137,9 +177,17 @@ export const textualInversion = defineMethod({
           saveEmbeddingFile(path, vectors, meta);
           out.push({ path, kind: "embedding", format });
         }
+        if (network) {
+          const path = join(r.outputDir, `${stem}-lora.safetensors`);
+          saveLora(path, network, r.metadata, { resolution: c.resolution, clipSkip: c.clip_skip });
+          if (t.bundle) bundleEmbedding(path, t.token, vectors);
+          out.push({ path, kind: "lora", format: "kohya_lora" });
+        }
         return out;
       },
       dispose() {
+        network?.remove();
+        model.unet.eval();
         vectors.dispose();
       },
     };
@@ -165,6 +213,24 @@ export function initVectors(
       return embeds.squeeze(0).float().cpu().contiguous().clone();
     }),
   );
+}
+
+/**
+ * Adds the embedding to a LoRA file as `bundle_emb.<word>.string_to_param.*`,
+ * the layout A1111 reads from a LoRA (extensions-builtin/Lora/networks.py
+ * `bundle_embeddings`), rewriting the file atomically.
+ */
+function bundleEmbedding(path: string, word: string, vectors: Tensor): void {
+  const { tensors, metadata } = loadSafetensors(path);
+  try {
+    tensors.set(
+      `bundle_emb.${word}.string_to_param.*`,
+      scope(() => vectors.detach().float().cpu().clone()),
+    );
+    saveSafetensors(path, tensors, metadata);
+  } finally {
+    for (const x of tensors.values()) x.dispose();
+  }
 }
 
 /** The step of a save tag ("-step000100" → 100); the final save has none. */
