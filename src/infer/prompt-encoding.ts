@@ -5,6 +5,8 @@
 // weighted pieces are tokenized, packed into 75-token chunks (BREAK and the
 // comma backtrack decide where a chunk ends), each chunk is encoded as
 // BOS + 75 + EOS, the emphasis is applied, and the chunks are concatenated.
+
+import type { EmbeddingLookup } from "../adapters/embeddings.js";
 import { all, cat, scope, type Tensor, tensor } from "../engine/index.js";
 import type { ClipTextModel } from "../models/clip/text-encoder.js";
 import type { ClipTokenizer } from "../models/clip/tokenizer.js";
@@ -19,6 +21,11 @@ export type EmphasisMode = "original" | "no-norm" | "ignore" | "none";
 export interface PromptChunk {
   tokens: number[];
   multipliers: number[];
+  /**
+   * Textual-inversion vectors that replace token vectors (sd_hijack.py
+   * PromptChunkFix): at `offset` of the 75 tokens, i.e. after BOS.
+   */
+  fixes?: { offset: number; vectors: Tensor }[];
 }
 
 export interface TokenizePromptOptions {
@@ -26,6 +33,8 @@ export interface TokenizePromptOptions {
   emphasis?: EmphasisMode;
   /** opts.comma_padding_backtrack (default 20; 0 turns it off). */
   commaBacktrack?: number;
+  /** Textual-inversion embeddings the prompt's words may name (adapters/embeddings.ts). */
+  embeddings?: EmbeddingLookup;
 }
 
 /**
@@ -60,13 +69,19 @@ export function tokenizePrompt(
     chunks.push(chunk);
     chunk = { tokens: [], multipliers: [] };
   };
+  const addFix = (offset: number, vectors: Tensor) => {
+    chunk.fixes ??= [];
+    chunk.fixes.push({ offset, vectors });
+  };
 
   for (const [text, weight] of parsed) {
     if (text === "BREAK" && weight === -1) {
       nextChunk();
       continue;
     }
-    for (const token of tokenizer.encodeTokens(text)) {
+    const tokens = tokenizer.encodeTokens(text);
+    for (let position = 0; position < tokens.length; ) {
+      const token = tokens[position];
       if (token === comma) {
         lastComma = chunk.tokens.length;
       } else if (
@@ -79,14 +94,34 @@ export function tokenizePrompt(
         const at = lastComma + 1;
         const relocTokens = chunk.tokens.slice(at);
         const relocMults = chunk.multipliers.slice(at);
+        const relocFixes = chunk.fixes
+          ?.filter((f) => f.offset >= at)
+          .map((f) => ({ offset: f.offset - at, vectors: f.vectors }));
         chunk.tokens = chunk.tokens.slice(0, at);
         chunk.multipliers = chunk.multipliers.slice(0, at);
+        chunk.fixes = chunk.fixes?.filter((f) => f.offset < at);
         nextChunk();
         chunk = { tokens: relocTokens, multipliers: relocMults };
+        if (relocFixes?.length) chunk.fixes = relocFixes;
       }
       if (chunk.tokens.length === CHUNK_LENGTH) nextChunk();
+      // textual inversion (sd_hijack_clip.py tokenize_line): an embedding's word becomes its vectors,
+      // starting a new chunk when they do not fit in this one
+      const found = o.embeddings?.findAt(tokens, position);
+      if (found) {
+        const count = found.vectors.size(0);
+        if (chunk.tokens.length + count > CHUNK_LENGTH) nextChunk();
+        addFix(chunk.tokens.length, found.vectors);
+        for (let i = 0; i < count; i++) {
+          chunk.tokens.push(0);
+          chunk.multipliers.push(weight);
+        }
+        position += found.length;
+        continue;
+      }
       chunk.tokens.push(token);
       chunk.multipliers.push(weight);
+      position++;
     }
   }
   if (chunk.tokens.length > 0 || chunks.length === 0) nextChunk(true);
@@ -127,6 +162,28 @@ function chunkIds(tokens: readonly number[], eos: number, padId: number): number
 }
 
 /**
+ * The token vectors of a chunk with its textual-inversion vectors in place
+ * (sd_hijack.py EmbeddingsWithFixes: rows offset+1… after BOS); undefined
+ * when the chunk has none, so the text encoder looks the ids up itself.
+ */
+function withFixes(model: ClipTextModel, ids: Tensor, fixes: PromptChunk["fixes"]): Tensor | undefined {
+  if (!fixes || fixes.length === 0) return undefined;
+  const embeds = model.tokenEmbeds(ids);
+  const length = embeds.size(1);
+  const parts: Tensor[] = [];
+  let at = 0;
+  for (const f of [...fixes].sort((a, b) => a.offset - b.offset)) {
+    const start = f.offset + 1;
+    const count = Math.min(f.vectors.size(0), length - start - 1);
+    if (start > at) parts.push(embeds.narrow(1, at, start - at));
+    parts.push(f.vectors.narrow(0, 0, count).to(embeds.device, embeds.dtype).unsqueeze(0));
+    at = start + count;
+  }
+  if (at < length) parts.push(embeds.narrow(1, at, length - at));
+  return cat(parts, 1);
+}
+
+/**
  * The conditioning of one prompt: [1, 77·chunks, H], each chunk encoded by
  * the text encoder (with clip skip), weighted by its emphasis and concatenated.
  * Autograd records as the caller's mode says: wrap in noGrad() for inference.
@@ -146,7 +203,7 @@ export function encodePrompt(
         shape: [1, c.tokens.length],
         device,
       });
-      const z = model.encode(ids, { clipSkip: o.clipSkip });
+      const z = model.encode(ids, { clipSkip: o.clipSkip, tokenEmbeds: withFixes(model, ids, c.fixes) });
       const mults = tensor(Float32Array.from(c.multipliers), { shape: [1, c.multipliers.length], device });
       return applyEmphasis(z, mults, o.emphasis ?? "original");
     });

@@ -4,6 +4,8 @@
 // sampler's init sigma; classifier-free guidance over [uncond, cond]; the
 // sampler's steps; the VAE decode. Prompts are encoded the A1111 way
 // (emphasis, BREAK, 75-token chunks, clip skip): src/infer/prompt-encoding.ts.
+import type { EmbeddingLookup } from "../adapters/embeddings.js";
+import { applyHypernetworkTags, HYPERNETWORK_TAG } from "../adapters/prompt-hypernetworks.js";
 import { type AppliedLoras, applyLoraTags } from "../adapters/prompt-loras.js";
 import { cat, Generator, keep, noGrad, randn, round, scope, type Tensor } from "../engine/index.js";
 import type { StableDiffusion } from "../models/stable-diffusion.js";
@@ -31,6 +33,10 @@ export interface Txt2ImgOptions {
    * LoRAs are applied for this call; without it the prompts are used as written.
    */
   loraDirs?: readonly string[];
+  /** Folders holding hypernetwork .pt files (A1111's models/hypernetworks), for <hypernet:NAME:m> tags. */
+  hypernetworkDirs?: readonly string[];
+  /** Textual-inversion embeddings the prompt and the negative prompt may name (adapters/embeddings.ts). */
+  embeddings?: EmbeddingLookup;
   /** Called after each step with (step index, total). */
   onStep?: (i: number, total: number) => void;
 }
@@ -41,7 +47,7 @@ export interface Txt2ImgResult {
   /** Images [B, 3, H, W] in [0, 1], float32 on the CPU. */
   images: Tensor;
   /** The settings used, with defaults filled in. */
-  settings: Required<Omit<Txt2ImgOptions, "onStep" | "loraDirs">>;
+  settings: Required<Omit<Txt2ImgOptions, "onStep" | "loraDirs" | "embeddings" | "hypernetworkDirs">>;
 }
 
 /** The VAE's downsampling factor (8 for SD; 2^(levels−1) in general). */
@@ -95,24 +101,43 @@ export function resolveTxt2Img(model: StableDiffusion, o: Txt2ImgOptions): Txt2I
 export function applyPromptNetworks(
   model: StableDiffusion,
   prompts: readonly string[],
-  o: { loraDirs: readonly string[] },
+  o: { loraDirs: readonly string[]; hypernetworkDirs?: readonly string[] },
 ): AppliedLoras & { prompts: string[] } {
   const parsed = prompts.map((p) => extractNetworks(p));
-  const applied = applyLoraTags(
-    model,
-    parsed.flatMap((p) => p.networks),
-    o,
-  );
-  return { ...applied, prompts: parsed.map((p) => p.prompt) };
+  const tags = parsed.flatMap((p) => p.networks);
+  const hyper = tags.filter((t) => t.kind === HYPERNETWORK_TAG);
+  const hypernets = hyper.length
+    ? applyHypernetworkTags(model.unet, hyper, { hypernetworkDirs: o.hypernetworkDirs ?? [] })
+    : null;
+  let applied: AppliedLoras;
+  try {
+    applied = applyLoraTags(
+      model,
+      tags.filter((t) => t.kind !== HYPERNETWORK_TAG),
+      o,
+    );
+  } catch (e) {
+    hypernets?.remove();
+    throw e;
+  }
+  const remove = () => {
+    applied.remove();
+    hypernets?.remove();
+  };
+  return { networks: applied.networks, remove, prompts: parsed.map((p) => p.prompt) };
 }
 
 /** Generates images; the returned tensors are the caller's to dispose. */
 export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResult {
   const settings = resolveTxt2Img(model, o);
   const { batch, cfg, steps } = settings;
-  const loras = o.loraDirs
-    ? applyPromptNetworks(model, [settings.prompt, settings.negative], { loraDirs: o.loraDirs })
-    : null;
+  const loras =
+    o.loraDirs || o.hypernetworkDirs
+      ? applyPromptNetworks(model, [settings.prompt, settings.negative], {
+          loraDirs: o.loraDirs ?? [],
+          hypernetworkDirs: o.hypernetworkDirs,
+        })
+      : null;
   const [prompt, negative] = loras ? loras.prompts : [settings.prompt, settings.negative];
   let sampler: ReturnType<typeof createSampler>;
   try {
@@ -133,6 +158,7 @@ export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResul
         const context = encodePrompts(model.textEncoder, model.tokenizer, prompts, {
           clipSkip: settings.clipSkip,
           padId: model.kind === "sd2" ? 0 : undefined,
+          embeddings: o.embeddings,
         }).to(model.device, dtype);
 
         sampler.setTimesteps(steps);

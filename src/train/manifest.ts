@@ -6,7 +6,16 @@ import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join, relative } from "node:path";
 import { writeTextAtomic } from "../formats/atomic-write.js";
 
-export type ArtifactKind = "checkpoint" | "lora" | "diffusers" | "state" | "samples" | "config" | "log";
+export type ArtifactKind =
+  | "checkpoint"
+  | "lora"
+  | "embedding"
+  | "hypernetwork"
+  | "diffusers"
+  | "state"
+  | "samples"
+  | "config"
+  | "log";
 
 export interface Artifact {
   /** Relative to the output folder. */

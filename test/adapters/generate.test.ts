@@ -148,7 +148,11 @@ test("a missing LoRA is an error listing where it looked; without loraDirs the p
     (e: Error) => e.message.includes("LoRA 'nope' not found") && e.message.includes(loraDir),
   );
   assert.throws(() => latents(model, "<lora:nope:1>", []), /LoRA 'nope' not found: no LoRA folder was given/);
-  assert.throws(() => latents(model, "<hypernet:x:1> a", [loraDir]), /only <lora:…>/);
+  assert.throws(() => latents(model, "<foo:x:1> a", [loraDir]), /only <lora:…>/);
+  assert.throws(
+    () => latents(model, "<hypernet:x:1> a", [loraDir]),
+    /hypernetwork 'x' not found: no hypernetwork folder was given/,
+  );
   assert.deepEqual(latents(model, "a red star"), base, "a failed lookup leaves the model as it was");
   // no loraDirs: the tag stays text for the tokenizer, the model is not changed
   assert.notDeepEqual(

@@ -41,6 +41,11 @@ export class Attention extends Block {
   readonly residualConnection: boolean;
   readonly rescaleOutputFactor: number;
   readonly hasGroupNorm: boolean;
+  /**
+   * Replaces the context of the keys and of the values (AUTOMATIC1111
+   * modules/hypernetworks/hypernetwork.py apply_hypernetworks); set by adapters.
+   */
+  kvContext: ((context: Tensor) => [Tensor, Tensor]) | null = null;
 
   constructor(
     readonly config: AttentionConfig,
@@ -81,8 +86,9 @@ export class Attention extends Block {
       const heads = this.heads;
       const split = (t: Tensor) => t.view(b, -1, heads, this.dimHead).transpose(1, 2);
       let q = split(this.call("to_q", tokens));
-      let k = split(this.call("to_k", ctx));
-      let v = split(this.call("to_v", ctx));
+      const [ctxK, ctxV] = this.kvContext ? this.kvContext(ctx) : [ctx, ctx];
+      let k = split(this.call("to_k", ctxK));
+      let v = split(this.call("to_v", ctxV));
       const dtype = q.dtype;
       const upcast = this.upcastAttention && (dtype === "float16" || dtype === "bfloat16");
       if (upcast) [q, k, v] = [q.float(), k.float(), v.float()];

@@ -6,10 +6,12 @@ import type { CoreConfig } from "../config-core.js";
 import type { Infer } from "../config-fields.js";
 import { dreambooth } from "./dreambooth.js";
 import { dreamboothUpscaler } from "./dreambooth-upscaler.js";
+import { hypernetwork } from "./hypernetwork.js";
 import { lora } from "./lora.js";
 import type { MethodSpec } from "./method.js";
+import { textualInversion } from "./textual-inversion.js";
 
-export const METHOD_SPECS = [dreambooth, lora, dreamboothUpscaler] as const;
+export const METHOD_SPECS = [dreambooth, lora, dreamboothUpscaler, textualInversion, hypernetwork] as const;
 
 type Specs = (typeof METHOD_SPECS)[number];
 type UnionToIntersection<U> = (U extends unknown ? (x: U) => void : never) extends (x: infer I) => void ? I : never;
