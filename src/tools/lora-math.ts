@@ -36,17 +36,22 @@ export function loraRank(m: KohyaModule): number {
 }
 
 /**
- * ΔW of one module at multiplier 1, in float32, in `shape` (the layer's
+ * ΔW of one module at multiplier 1, in float32 (or `dtype`), in `shape` (the layer's
  * weight shape; a LoRA's [r,in,1,1] factors on a Linear are squeezed, as
  * kohya's merge_lora.py does). Scale alpha/rank; no alpha means scale 1.
  */
-export function moduleDelta(name: string, m: KohyaModule, shape: readonly number[]): Tensor {
+export function moduleDelta(
+  name: string,
+  m: KohyaModule,
+  shape: readonly number[],
+  dtype: "float32" | "float64" = "float32",
+): Tensor {
   const method = methodOf(name, m);
   const numel = shape.reduce((a, b) => a * b, 1);
   return scope(() => {
     const f = (k: string) => {
       const t = m.get(k);
-      return t ? t.float() : null;
+      return t ? t.to(dtype) : null;
     };
     const alpha = alphaOf(m);
     let d: Tensor;

@@ -66,7 +66,7 @@ export function loadLoras(loras: readonly WeightedLora[]): LoadedLora[] {
   try {
     for (const l of loras) {
       if (!Number.isFinite(l.weight)) throw new LoraToolError(`${l.path}: weight ${l.weight} is not a finite number`);
-      out.push({ ...l, modules: loadLoraFile(l.path, { dtype: "float32" }).modules });
+      out.push({ ...l, modules: loadLoraFile(l.path).modules });
     }
     return out;
   } catch (e) {
@@ -159,11 +159,12 @@ export function planMerge(
   return { byKey, skipped, counts };
 }
 
-/** W + Σ weight·ΔW computed in float32, returned in `dtype` (default W's own). */
+/** W + Σ weight·ΔW computed in float32 (float64 for a float64 W), returned in `dtype` (default W's own). */
 export function mergedWeight(w: Tensor, contributions: readonly Contribution[], dtype?: DType): Tensor {
   return scope(() => {
-    let acc = w.float();
-    for (const c of contributions) acc = acc.add(moduleDelta(c.module, c.tensors, w.shape), c.weight);
+    const compute = w.dtype === "float64" ? "float64" : "float32";
+    let acc = w.to(compute);
+    for (const c of contributions) acc = acc.add(moduleDelta(c.module, c.tensors, w.shape, compute), c.weight);
     const want = dtype && isFloating(w.dtype) ? dtype : w.dtype;
     return acc.to(want);
   });
