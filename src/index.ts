@@ -11,8 +11,15 @@ export { type GenerateRgbOptions, generateRgb, type RgbImage } from "./infer/gen
 export { type Txt2ImgOptions, txt2img } from "./infer/txt2img.js";
 export { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "./models/stable-diffusion.js";
 export { SAMPLER_NAMES } from "./schedulers/index.js";
+export { mergeCheckpoints } from "./tools/checkpoint-merger.js";
+export { checkFile, formatCheck } from "./tools/compat-check.js";
 export { convertCheckpoint } from "./tools/convert.js";
+export { extractLora, extractLoraFromCheckpoints } from "./tools/extract-lora.js";
 export { formatReport, inspectFile } from "./tools/inspect.js";
+export { combineLoraFiles, concatLoras, svdMergeLoras } from "./tools/lora-arithmetic.js";
+export { mergeLorasIntoCheckpoint } from "./tools/merge-lora.js";
+export { rescueAdapter } from "./tools/rescue.js";
+export { resizeLora, resizeLoraFile } from "./tools/resize-lora.js";
 export {
   ConfigError,
   configFields,
