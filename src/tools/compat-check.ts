@@ -70,8 +70,7 @@ function names(): Map<NameFamily, Set<string>> {
         if (proc.endsWith(".to_out.0")) proc = proc.slice(0, -2);
         add("diffusers-processor", proc);
         add("diffusers-processor", `unet.${proc}`);
-        const oneByOne = true;
-        if (/\.attentions\.\d+\./.test(p) && oneByOne) add("kohya-targets", `lora_unet_${under(p)}`);
+        if (/\.attentions\.\d+\./.test(p)) add("kohya-targets", `lora_unet_${under(p)}`);
         if (/\.(resnets|downsamplers|upsamplers)\.\d+\./.test(p)) add("kohya-targets", `lora_unet_${under(p)}`);
       }
     }
@@ -90,7 +89,6 @@ function names(): Map<NameFamily, Set<string>> {
       if (attn) {
         add("te-diffusers-attn", `text_encoder.${p}`);
         add("kohya-targets", `lora_te_${under(p)}`);
-        add("diffusers-unet", `text_encoder.${p}`);
       }
     }
   }
