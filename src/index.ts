@@ -14,8 +14,15 @@ export { generateTwoStage, upscaleRgb } from "./infer/upscale-rgb.js";
 export { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "./models/stable-diffusion.js";
 export { type LoadedUpscaler, loadUpscaler } from "./models/upscaler/index.js";
 export { SAMPLER_NAMES } from "./schedulers/index.js";
+export { mergeCheckpoints } from "./tools/checkpoint-merger.js";
+export { checkFile, formatCheck } from "./tools/compat-check.js";
 export { convertCheckpoint } from "./tools/convert.js";
+export { extractLora, extractLoraFromCheckpoints } from "./tools/extract-lora.js";
 export { formatReport, inspectFile } from "./tools/inspect.js";
+export { combineLoraFiles, concatLoras, svdMergeLoras } from "./tools/lora-arithmetic.js";
+export { mergeLorasIntoCheckpoint } from "./tools/merge-lora.js";
+export { rescueAdapter } from "./tools/rescue.js";
+export { resizeLora, resizeLoraFile } from "./tools/resize-lora.js";
 export {
   ConfigError,
   configFields,

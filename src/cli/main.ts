@@ -5,6 +5,15 @@ import { demoCommand, labCommand } from "./demo-command.js";
 import { evalCommand } from "./eval-command.js";
 import { convert, generate, inspect } from "./model-commands.js";
 import { shapesCommand } from "./shapes-commands.js";
+import {
+  checkCommand,
+  extractLoraCommand,
+  loraMathCommand,
+  mergeCheckpointsCommand,
+  mergeLoraCommand,
+  rescueCommand,
+  resizeLoraCommand,
+} from "./tools-commands.js";
 import { checkConfigCommand, createModelCommand, modelsCommand, trainCommand } from "./train-commands.js";
 import { UPSCALE_SUMMARY, upscaleCommand } from "./upscale-command.js";
 
@@ -62,6 +71,36 @@ const commands: Record<string, Command> = {
     summary:
       "[--model PATH --base PATH --lora FILE --subject TOKEN:CLASS[:COLOUR[:DOT]] --samples N --json --out FILE]: score a fine-tune (--help)",
     run: evalCommand,
+  },
+  "merge-lora": {
+    summary:
+      "CHECKPOINT OUT --lora FILE[:W]… [--to ldm|diffusers --dtype fp32|fp16|bf16 --skip-unmatched]: bake LoRAs in",
+    run: mergeLoraCommand,
+  },
+  "lora-math": {
+    summary: "OUT --lora FILE[:W]… [--mode concat|svd --rank N --conv-rank N]: several LoRAs into one",
+    run: loraMathCommand,
+  },
+  "extract-lora": {
+    summary: "BASE TUNED OUT [--dim N --conv-dim N --clamp-quantile Q|none --min-diff D]: a LoRA by SVD",
+    run: extractLoraCommand,
+  },
+  "resize-lora": {
+    summary: "IN OUT --rank N [--conv-rank N --dynamic sv_ratio|sv_fro|sv_cumulative --param X]: lower a LoRA's rank",
+    run: resizeLoraCommand,
+  },
+  "merge-checkpoints": {
+    summary:
+      "A OUT [--b B --c C --mode weighted_sum|add_difference|none --multiplier M --bake-vae VAE]: A1111's merger",
+    run: mergeCheckpointsCommand,
+  },
+  rescue: {
+    summary: "IN OUT: any adapter file Atelier reads → a kohya LoRA (+ embeddings split out)",
+    run: rescueCommand,
+  },
+  check: {
+    summary: "FILE [--json]: which of A1111, Forge, ComfyUI, diffusers, kohya load an adapter, and what each drops",
+    run: checkCommand,
   },
   "check-config": {
     summary: "[CONFIG] [--FIELD VALUE…]: check a training config and print it resolved (--help: the fields)",
