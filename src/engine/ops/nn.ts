@@ -5,7 +5,7 @@ import type { Tensor } from "../tensor.js";
 import { ones } from "./creation.js";
 import { matmul } from "./linalg.js";
 import { logicalNot, maskedFill, mul } from "./math.js";
-import { transpose } from "./shape.js";
+import { cat, narrow, transpose } from "./shape.js";
 
 const ops = {
   conv2d: defOp("aten::conv2d"),
@@ -161,23 +161,73 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, o: At
       return o.scale === undefined ? ops.sdpa.t(...args) : ops.sdpa.t(...args, o.scale);
     }
   }
+  return mathAttention(q, k, v, o);
+}
+
+/** Score elements one query slice may hold (default 2^24: 64 MiB of float32 scores). */
+let sliceElements = 1 << 24;
+
+/**
+ * Caps the scores the math attention path holds at once: queries go in slices
+ * of rows so one slice's [..., rows, S] scores stay under `elements`
+ * (diffusers' sliced attention; Infinity: one slice). Returns the old cap.
+ */
+export function setAttentionSliceElements(elements: number): number {
+  if (!(elements >= 1)) throw new Error(`attention slice: elements must be at least 1, got ${elements}`);
+  const old = sliceElements;
+  sliceElements = elements;
+  return old;
+}
+
+/**
+ * The math path without score-sized copies: q is scaled (not the scores), the
+ * masked scores replace the raw ones, and the scores are freed once the
+ * softmax has them, so a slice holds one scores-sized buffer (two for a moment).
+ */
+function mathAttention(q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions): Tensor {
   return scope(() => {
     const shape = q.shape;
+    const L = shape[shape.length - 2];
+    const S = k.shape[k.shape.length - 2];
     const scale = o.scale ?? 1 / Math.sqrt(shape[shape.length - 1]);
-    let scores = mul(matmul(q, transpose(k, -2, -1)), scale);
-    if (o.causal) {
-      const [L, S] = [shape[shape.length - 2], k.shape[k.shape.length - 2]];
-      const allowed = ones([L, S], { dtype: "bool", device: q.device }).tril();
-      scores = maskedFill(scores, logicalNot(allowed), Number.NEGATIVE_INFINITY);
+    const batch = shape.slice(0, -2).reduce((a, b) => a * b, 1);
+    const rows = Math.max(1, Math.min(L, Math.floor(sliceElements / Math.max(1, batch * S))));
+    const qs = mul(q, scale);
+    const kt = transpose(k, -2, -1);
+    if (rows >= L) return attendRows(qs, kt, v, 0, L, S, o);
+    const parts: Tensor[] = [];
+    for (let r0 = 0; r0 < L; r0 += rows) {
+      const n = Math.min(rows, L - r0);
+      parts.push(scope(() => attendRows(narrow(qs, -2, r0, n), kt, v, r0, L, S, o)));
     }
-    if (o.mask) {
-      scores =
-        o.mask.dtype === "bool" ? maskedFill(scores, logicalNot(o.mask), Number.NEGATIVE_INFINITY) : scores.add(o.mask);
-    }
-    let weights = softmax(scores, -1);
-    if (o.dropout) weights = dropout(weights, o.dropout, true);
-    return matmul(weights, v);
+    return cat(parts, -2);
   });
+}
+
+/** softmax(q·kᵀ + mask)·v for the query rows r0 … r0 + rows of q (q already scaled). */
+function attendRows(q: Tensor, kt: Tensor, v: Tensor, r0: number, L: number, S: number, o: AttentionOptions): Tensor {
+  const rows = q.shape[q.shape.length - 2];
+  let scores = matmul(q, kt);
+  const fill = (s: Tensor, keep: Tensor): Tensor => {
+    const out = maskedFill(s, logicalNot(keep), Number.NEGATIVE_INFINITY);
+    s.dispose();
+    return out;
+  };
+  if (o.causal) scores = fill(scores, ones([rows, S], { dtype: "bool", device: q.device }).tril(r0));
+  if (o.mask) {
+    const m = o.mask.ndim >= 2 && o.mask.size(-2) === L && L > 1 ? narrow(o.mask, -2, r0, rows) : o.mask;
+    if (m.dtype === "bool") {
+      scores = fill(scores, m);
+    } else {
+      const masked = scores.add(m);
+      scores.dispose();
+      scores = masked;
+    }
+  }
+  let weights = softmax(scores, -1);
+  scores.dispose(); // softmax's backward keeps its output, not its input
+  if (o.dropout) weights = dropout(weights, o.dropout, true);
+  return matmul(weights, v);
 }
 
 /** Mean (default), sum or element-wise squared error. */
