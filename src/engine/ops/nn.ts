@@ -63,8 +63,37 @@ export const convTranspose2d = (x: Tensor, weight: Tensor, bias?: Tensor | null,
     o.dilation ?? 1,
   );
 
-export const groupNorm = (x: Tensor, groups: number, weight?: Tensor | null, bias?: Tensor | null, eps = 1e-5) =>
-  ops.groupNorm.t(x.id, groups, weight ? weight.id : null, bias ? bias.id : null, eps);
+/**
+ * Norm weights in the input's dtype. libtorch 1.13's CPU group_norm/layer_norm
+ * refuse a bf16 input with float32 weights (what autocast hands them after a
+ * bf16 conv/linear, and PyTorch 1.13 fails the same way); casting the small
+ * weights keeps the activation in bf16, as torch ≥ 2.0's mixed-dtype kernels
+ * do (output in the input's dtype). The cast is on the graph: gradients reach
+ * the float32 weights.
+ */
+function normWith<T>(
+  x: Tensor,
+  weight: Tensor | null | undefined,
+  bias: Tensor | null | undefined,
+  fn: (w: number | null, b: number | null) => T,
+): T {
+  const dtype = x.dtype;
+  const mixed = (weight && weight.dtype !== dtype) || (bias && bias.dtype !== dtype);
+  if (!mixed) return fn(weight ? weight.id : null, bias ? bias.id : null);
+  return scope(() => {
+    const w = weight ? (weight.dtype === dtype ? weight : weight.to(dtype)) : null;
+    const b = bias ? (bias.dtype === dtype ? bias : bias.to(dtype)) : null;
+    return fn(w ? w.id : null, b ? b.id : null);
+  });
+}
+
+export const groupNorm = (
+  x: Tensor,
+  groups: number,
+  weight?: Tensor | null,
+  bias?: Tensor | null,
+  eps = 1e-5,
+): Tensor => normWith(x, weight, bias, (w, b) => ops.groupNorm.t(x.id, groups, w, b, eps));
 
 export const layerNorm = (
   x: Tensor,
@@ -72,7 +101,7 @@ export const layerNorm = (
   weight?: Tensor | null,
   bias?: Tensor | null,
   eps = 1e-5,
-) => ops.layerNorm.t(x.id, normalizedShape as number[], weight ? weight.id : null, bias ? bias.id : null, eps);
+): Tensor => normWith(x, weight, bias, (w, b) => ops.layerNorm.t(x.id, normalizedShape as number[], w, b, eps));
 
 export const softmax = (x: Tensor, dim: number): Tensor => ops.softmax.t(x.id, dim);
 export const logSoftmax = (x: Tensor, dim: number): Tensor => ops.logSoftmax.t(x.id, dim);
