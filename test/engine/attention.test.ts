@@ -65,7 +65,7 @@ for (const [name, c] of cases) {
         const got = withSlices(elements, () =>
           run(() => E.scaledDotProductAttention(q, k, v, { ...o, forceMath: true })),
         );
-        got.forEach((t, i) => assertClose(t, ref[i], F32));
+        for (const [i, t] of got.entries()) assertClose(t, ref[i], F32);
       }
     });
   });
