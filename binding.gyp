@@ -8,7 +8,8 @@
         "native/ops.cc",
         "native/autograd.cc",
         "native/runtime.cc",
-        "native/file_tensor.cc"
+        "native/file_tensor.cc",
+        "native/checkpoint.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

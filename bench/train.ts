@@ -73,11 +73,15 @@ interface Options extends BaseOptions {
   optimizer: "auto" | OptimizerKind;
   waitMem: number;
   worker: CaseKey | null;
+  /** Gradient checkpointing of the UNet's resnets and transformers on both sides. */
+  checkpointing: boolean;
 }
 
 const USAGE = `usage: node dist/bench/train.js [options]
   --threads N        intra-op threads on both sides (default 2)
   --device D         cpu (default) or cuda
+  --checkpointing    gradient checkpointing on both sides (Atelier: gradient_checkpointing; PyTorch:
+                     torch.utils.checkpoint around each resnet and transformer, as diffusers does)
   --quick            a small UNet (SD1.5 layout, channels 32-64-128-128, 32×32 latents) to see that it works
   --latent N         latent side: N×N latents, 8N px images (default 64 on CUDA; 32 on CPU, where a full
                      step on 64×64 needs more memory than the 24 GiB machine has)
@@ -99,6 +103,7 @@ function parseArgs(argv: string[]): Options {
     threads: 2,
     device: "cpu",
     quick: false,
+    checkpointing: false,
     latent: null,
     batch: 2,
     check: false,
@@ -122,6 +127,7 @@ function parseArgs(argv: string[]): Options {
     cpus: "a CPU list or none",
     own(o, a, v) {
       if (a === "--quick") o.quick = true;
+      else if (a === "--checkpointing") o.checkpointing = true;
       else if (a === "--latent") o.latent = v.int(8);
       else if (a === "--batch") o.batch = v.int(1);
       else if (a === "--check") o.check = true;
@@ -153,6 +159,7 @@ interface StepSpec {
   lr: number;
   rank: number;
   alpha: number;
+  checkpointing: boolean;
 }
 
 const LR: Record<CaseKey, number> = { lora: 1e-4, full: 5e-6 }; // kohya's / diffusers' usual rates
@@ -181,7 +188,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
   const device = o.device;
   manualSeed(0);
   const t0 = performance.now();
-  const unet = new UNet2DConditionModel(spec.unet, { device }).train();
+  const unet = new UNet2DConditionModel(spec.unet, { device }).train().setGradientCheckpointing(spec.checkpointing);
   const network = caseKey === "lora" ? injectLora({ unet }, { rank: spec.rank, alpha: spec.alpha }) : null;
   const params = network ? network.trainableParameters() : unet.parameters();
   const optimizer = makeOptimizer(spec.optimizer, params, spec.lr);
@@ -315,7 +322,8 @@ function commonArgs(o: Options): string[] {
 function pythonArgs(spec: StepSpec): string[] {
   return ["--unet", JSON.stringify(pyUnet(spec.unet)), "--latent", String(spec.latent)]
     .concat(["--class-batch", String(spec.classBatch), "--optimizer", spec.optimizer, "--lr", String(spec.lr)])
-    .concat(["--rank", String(spec.rank), "--alpha", String(spec.alpha)]);
+    .concat(["--rank", String(spec.rank), "--alpha", String(spec.alpha)])
+    .concat(spec.checkpointing ? ["--checkpointing"] : []);
 }
 
 function runPython(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildResult> {
@@ -403,7 +411,16 @@ async function main(): Promise<void> {
   const shell = new UNet2DConditionModel(unet, { mode: "empty" });
   const params = shell.parameterCount();
   shell.dispose();
-  const base: StepSpec = { unet, latent, classBatch: o.batch - 1, optimizer: "adamw", lr: 0, rank: 4, alpha: 1 };
+  const base: StepSpec = {
+    unet,
+    latent,
+    classBatch: o.batch - 1,
+    optimizer: "adamw",
+    lr: 0,
+    rank: 4,
+    alpha: 1,
+    checkpointing: o.checkpointing,
+  };
   // What fits on this machine when the others hold little (2 GiB left to them and the system).
   const room = memTotalGiB() - 2;
   let fullOptimizer: OptimizerKind = o.optimizer === "auto" ? "adamw" : o.optimizer;
@@ -448,7 +465,7 @@ async function main(): Promise<void> {
         : `full Dreambooth step (${spec.optimizer === "adamw" ? "AdamW" : "SGD"}), all params`;
     rows.push({
       key,
-      label: `${label}, ${o.quick ? "small" : "SD1.5"} UNet, [${1 + spec.classBatch},4,${latent},${latent}]`,
+      label: `${label}${spec.checkpointing ? ", checkpointing" : ""}, ${o.quick ? "small" : "SD1.5"} UNet, [${1 + spec.classBatch},4,${latent},${latent}]`,
       atelier_ms: a.median_ms as number,
       pytorch_ms: p.median_ms as number,
       ratio: (a.median_ms as number) / (p.median_ms as number),

@@ -46,6 +46,7 @@ except ImportError as e:  # the TS side turns this into a set-up hint
 # after torch imported: sd_twin needs it (bench/ is on sys.path as this script's folder)
 from sd_twin import (  # noqa: E402
     UNET_CONFIGS,
+    ResnetBlock2D,
     Transformer2DModel,
     UNet2DConditionModel,
     alphas_cumprod,
@@ -57,6 +58,18 @@ from sd_twin import (  # noqa: E402
 )
 
 SD15 = UNET_CONFIGS["sd15"]
+
+
+def checkpoint_blocks(unet):
+    """torch.utils.checkpoint around each resnet and transformer, as diffusers' blocks under
+    gradient_checkpointing; use_reentrant=False, so a LoRA step whose block inputs need no grad
+    still gets its adapters' gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    for m in unet.modules():
+        if isinstance(m, (ResnetBlock2D, Transformer2DModel)):
+            inner = m.forward
+            m.forward = lambda *a, _f=inner: checkpoint(_f, *a, use_reentrant=False)
 
 
 # ---- LoRA (kohya-ss/sd-scripts networks/lora.py) ---------------------------------------
@@ -186,6 +199,8 @@ def run_case(args, dev, sync):
     torch.manual_seed(0)
     t0 = time.perf_counter()
     unet = UNet2DConditionModel(**cfg).to(dev).train()
+    if args.checkpointing:
+        checkpoint_blocks(unet)
     if args.case == "lora":
         unet.requires_grad_(False)
         modules = inject_lora(unet, args.rank, args.alpha)
@@ -282,6 +297,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--checkpointing", action="store_true", help="checkpoint each resnet and transformer")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()

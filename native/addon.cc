@@ -3,12 +3,15 @@
 
 namespace atelier {
 
+void registerCheckpoint(Napi::Env env, Napi::Object exports);  // native/checkpoint.cc
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerTensorStore(env, exports);
   registerOps(env, exports);
   registerAutograd(env, exports);
   registerRuntime(env, exports);
   registerFileTensor(env, exports);
+  registerCheckpoint(env, exports);
   return exports;
 }
 

@@ -1,6 +1,7 @@
 // The engine's public API.
-export { autocast } from "./autocast.js";
+export { type AutocastState, autocast, currentAutocast } from "./autocast.js";
 export { backward, enableGrad, grad, isGradEnabled, noGrad } from "./autograd.js";
+export { type CheckpointOptions, checkpoint, pendingCheckpoints, type Segment } from "./checkpoint.js";
 export * from "./device.js";
 export { defOp, type OpRef } from "./dispatch.js";
 export { BYTES, type DType, dtypeCode, dtypeName, isFloating, type TypedArray } from "./dtype.js";

@@ -45,6 +45,12 @@ export interface NativeAddon {
     createGraph: boolean,
     allowUnused: boolean,
   ): (TensorId | null)[];
+  // gradient checkpointing (native/checkpoint.cc)
+  checkpointSetBackward(
+    fn: (segment: number, inputs: (TensorId | null)[], grads: (TensorId | null)[]) => (TensorId | null)[],
+  ): void;
+  checkpointAttach(segment: number, inputs: TensorId[], outputs: TensorId[]): TensorId[];
+  checkpointDead(): number[];
   setGradEnabled(on: boolean): boolean;
   isGradEnabled(): boolean;
   // runtime

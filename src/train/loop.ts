@@ -5,6 +5,7 @@
 // named terms averaged over its micro-batches, and its speed and ETA.
 import { autocast, type DType, scope, type Tensor } from "../engine/index.js";
 import { clipGradNorm, type GroupHyper, gradNorm, type LRScheduler, type Optimizer } from "../engine/optim/index.js";
+import type { GradScaler } from "./grad-scaler.js";
 
 /** What one micro-batch's forward pass gives: the loss (0-d, with a graph) and named terms (null: absent here). */
 export interface MicroLoss {
@@ -32,6 +33,11 @@ export interface StepCoreOptions {
    * (so nothing non-finite is ever stepped into the weights); `skip` drops that step's update.
    */
   onNonFinite?: "stop" | "skip";
+  /**
+   * float16 loss scaling: the loss is scaled before backward and the gradients unscaled before clipping;
+   * a step whose gradients overflowed is skipped (not a fault) and the scale backs off.
+   */
+  gradScaler?: GradScaler | null;
 }
 
 /** A loss, loss term or gradient became NaN or infinite. */
@@ -54,6 +60,8 @@ export interface StepFigures {
   lr: number;
   /** Set when the step's update was dropped (onNonFinite skip): what was non-finite. */
   skipped?: string;
+  /** The skip was a float16 overflow that loss scaling handles (not a fault of the data or weights). */
+  overflow?: boolean;
 }
 
 const show = (x: number) => (Number.isNaN(x) ? "NaN" : String(x));
@@ -86,7 +94,10 @@ export class StepCore {
       const bad = terms.filter(([, v]) => v !== null && !Number.isFinite(v));
       const fault = !Number.isFinite(loss) || bad.length > 0;
       // never backpropagate a non-finite loss: its gradients would reach the weights
-      if (!fault && !this.#bad) r.loss.div(this.accumulation).backward();
+      if (!fault && !this.#bad) {
+        const l = r.loss.div(this.accumulation);
+        (this.o.gradScaler ? this.o.gradScaler.scaleLoss(l) : l).backward();
+      }
       const what = fault
         ? `the loss is ${show(loss)}${bad.length ? ` (${bad.map(([k, v]) => `${k} ${show(v!)}`).join(", ")})` : ""}`
         : null;
@@ -134,8 +145,16 @@ export class StepCore {
 
   /** Clips, steps the optimizer and the schedule, clears the gradients; `index` is the step's 0-based number. */
   step(index: number): StepFigures {
-    const { optimizer, scheduler } = this.o;
-    if (!this.#bad) {
+    const { optimizer, scheduler, gradScaler } = this.o;
+    let overflow: string | null = null;
+    if (gradScaler && !this.#bad) {
+      const scale = gradScaler.scale;
+      if (!gradScaler.unscale(this.#params)) {
+        overflow = `the gradients overflowed at loss scale ${scale} (float16 loss scaling; scale now ${scale * gradScaler.backoffFactor})`;
+      }
+      gradScaler.update(overflow !== null);
+    }
+    if (!this.#bad && !overflow) {
       const clip = this.o.maxGradNorm !== undefined && this.o.maxGradNorm > 0;
       // with clipping, the norm the clip computes anyway tells (and it refuses to scale by a non-finite one,
       // so the culprit can still be named); without, one extra pass over the gradients
@@ -153,15 +172,17 @@ export class StepCore {
       if (!finite) this.#fault(this.#badGradients(), index);
     }
     const lr = optimizer.paramGroups[0].lr;
-    if (!this.#bad) optimizer.step();
+    const update = !this.#bad && !overflow;
+    if (update) optimizer.step();
     scheduler.step();
     optimizer.zeroGrad();
-    if (!this.#bad) this.o.afterStep?.(index);
+    if (update) this.o.afterStep?.(index);
     const n = this.#micro;
     const terms: Record<string, number | null> = {};
     for (const [k, s] of this.#sums) terms[k] = s.count ? s.sum / s.count : null;
     const figures: StepFigures = { loss: this.#loss / n, terms, lr };
     if (this.#bad) figures.skipped = this.#bad;
+    else if (overflow) Object.assign(figures, { skipped: overflow, overflow: true });
     this.#reset();
     return figures;
   }

@@ -123,7 +123,12 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
     await prepareClassImages(c, model, o.log);
     const method = spec.create(c as never, { model, generator: noiseGen, log: o.log });
     owned.push(method);
-    if (c.gradient_checkpointing) o.warn("gradient_checkpointing is not implemented yet: training without it");
+    if (c.gradient_checkpointing && model.device !== "cpu") {
+      o.warn(`gradient_checkpointing runs on the CPU only for now: training on ${model.device} without it`);
+    } else if (c.gradient_checkpointing) {
+      model.unet.setGradientCheckpointing(true);
+      model.textEncoder.gradientCheckpointing = method.trainsTextEncoder;
+    }
     const textCache = method.trainsTextEncoder
       ? undefined
       : new TextEmbeddingCache({

@@ -9,6 +9,7 @@ import type { TrainConfig } from "./config.js";
 import { disposeBatch } from "./data/index.js";
 import { diffusionMicroLoss } from "./diffusion-step.js";
 import type { Trainer, TrainerCommand, TrainerEvent, TrainerListener, TrainerResult } from "./events.js";
+import { GradScaler } from "./grad-scaler.js";
 import { NonFiniteError, StepClock, StepCore } from "./loop.js";
 import { RunManifest } from "./manifest.js";
 import { LossLog, ProgressBar, type StepRecord } from "./progress.js";
@@ -124,6 +125,7 @@ class LocalTrainer implements Trainer {
       accumulation: c.gradient_accumulation,
       maxGradNorm: c.max_grad_norm,
       autocast: p.autocast,
+      gradScaler: p.autocast?.dtype === "float16" ? new GradScaler() : null,
       onNonFinite: c.on_nan,
       groupNames: p.method.groups().map((g) => g.name),
       afterStep: (i) => {
@@ -165,7 +167,7 @@ class LocalTrainer implements Trainer {
       progress = { step: progress.step + 1, epoch, batchInEpoch: batchIndex };
       this.#step = progress.step;
       if (figures.skipped) {
-        skippedInARow++;
+        if (!figures.overflow) skippedInARow++;
         this.#emit({ type: "warning", message: `step ${progress.step}: ${figures.skipped}; its update was skipped` });
         if (skippedInARow >= MAX_SKIPPED_IN_A_ROW) {
           throw new NonFiniteError(

@@ -5,7 +5,7 @@ import type { Tensor } from "../tensor.js";
 import { ones } from "./creation.js";
 import { matmul } from "./linalg.js";
 import { logicalNot, maskedFill, mul } from "./math.js";
-import { transpose } from "./shape.js";
+import { cat, narrow, transpose } from "./shape.js";
 
 const ops = {
   conv2d: defOp("aten::conv2d"),
@@ -63,8 +63,37 @@ export const convTranspose2d = (x: Tensor, weight: Tensor, bias?: Tensor | null,
     o.dilation ?? 1,
   );
 
-export const groupNorm = (x: Tensor, groups: number, weight?: Tensor | null, bias?: Tensor | null, eps = 1e-5) =>
-  ops.groupNorm.t(x.id, groups, weight ? weight.id : null, bias ? bias.id : null, eps);
+/**
+ * Norm weights in the input's dtype. libtorch 1.13's CPU group_norm/layer_norm
+ * refuse a bf16 input with float32 weights (what autocast hands them after a
+ * bf16 conv/linear, and PyTorch 1.13 fails the same way); casting the small
+ * weights keeps the activation in bf16, as torch ≥ 2.0's mixed-dtype kernels
+ * do (output in the input's dtype). The cast is on the graph: gradients reach
+ * the float32 weights.
+ */
+function normWith<T>(
+  x: Tensor,
+  weight: Tensor | null | undefined,
+  bias: Tensor | null | undefined,
+  fn: (w: number | null, b: number | null) => T,
+): T {
+  const dtype = x.dtype;
+  const mixed = (weight && weight.dtype !== dtype) || (bias && bias.dtype !== dtype);
+  if (!mixed) return fn(weight ? weight.id : null, bias ? bias.id : null);
+  return scope(() => {
+    const w = weight ? (weight.dtype === dtype ? weight : weight.to(dtype)) : null;
+    const b = bias ? (bias.dtype === dtype ? bias : bias.to(dtype)) : null;
+    return fn(w ? w.id : null, b ? b.id : null);
+  });
+}
+
+export const groupNorm = (
+  x: Tensor,
+  groups: number,
+  weight?: Tensor | null,
+  bias?: Tensor | null,
+  eps = 1e-5,
+): Tensor => normWith(x, weight, bias, (w, b) => ops.groupNorm.t(x.id, groups, w, b, eps));
 
 export const layerNorm = (
   x: Tensor,
@@ -72,7 +101,7 @@ export const layerNorm = (
   weight?: Tensor | null,
   bias?: Tensor | null,
   eps = 1e-5,
-) => ops.layerNorm.t(x.id, normalizedShape as number[], weight ? weight.id : null, bias ? bias.id : null, eps);
+): Tensor => normWith(x, weight, bias, (w, b) => ops.layerNorm.t(x.id, normalizedShape as number[], w, b, eps));
 
 export const softmax = (x: Tensor, dim: number): Tensor => ops.softmax.t(x.id, dim);
 export const logSoftmax = (x: Tensor, dim: number): Tensor => ops.logSoftmax.t(x.id, dim);
@@ -161,23 +190,73 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, o: At
       return o.scale === undefined ? ops.sdpa.t(...args) : ops.sdpa.t(...args, o.scale);
     }
   }
+  return mathAttention(q, k, v, o);
+}
+
+/** Score elements one query slice may hold (default 2^24: 64 MiB of float32 scores). */
+let sliceElements = 1 << 24;
+
+/**
+ * Caps the scores the math attention path holds at once: queries go in slices
+ * of rows so one slice's [..., rows, S] scores stay under `elements`
+ * (diffusers' sliced attention; Infinity: one slice). Returns the old cap.
+ */
+export function setAttentionSliceElements(elements: number): number {
+  if (!(elements >= 1)) throw new Error(`attention slice: elements must be at least 1, got ${elements}`);
+  const old = sliceElements;
+  sliceElements = elements;
+  return old;
+}
+
+/**
+ * The math path without score-sized copies: q is scaled (not the scores), the
+ * masked scores replace the raw ones, and the scores are freed once the
+ * softmax has them, so a slice holds one scores-sized buffer (two for a moment).
+ */
+function mathAttention(q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions): Tensor {
   return scope(() => {
     const shape = q.shape;
+    const L = shape[shape.length - 2];
+    const S = k.shape[k.shape.length - 2];
     const scale = o.scale ?? 1 / Math.sqrt(shape[shape.length - 1]);
-    let scores = mul(matmul(q, transpose(k, -2, -1)), scale);
-    if (o.causal) {
-      const [L, S] = [shape[shape.length - 2], k.shape[k.shape.length - 2]];
-      const allowed = ones([L, S], { dtype: "bool", device: q.device }).tril();
-      scores = maskedFill(scores, logicalNot(allowed), Number.NEGATIVE_INFINITY);
+    const batch = shape.slice(0, -2).reduce((a, b) => a * b, 1);
+    const rows = Math.max(1, Math.min(L, Math.floor(sliceElements / Math.max(1, batch * S))));
+    const qs = mul(q, scale);
+    const kt = transpose(k, -2, -1);
+    if (rows >= L) return attendRows(qs, kt, v, 0, L, S, o);
+    const parts: Tensor[] = [];
+    for (let r0 = 0; r0 < L; r0 += rows) {
+      const n = Math.min(rows, L - r0);
+      parts.push(scope(() => attendRows(narrow(qs, -2, r0, n), kt, v, r0, L, S, o)));
     }
-    if (o.mask) {
-      scores =
-        o.mask.dtype === "bool" ? maskedFill(scores, logicalNot(o.mask), Number.NEGATIVE_INFINITY) : scores.add(o.mask);
-    }
-    let weights = softmax(scores, -1);
-    if (o.dropout) weights = dropout(weights, o.dropout, true);
-    return matmul(weights, v);
+    return cat(parts, -2);
   });
+}
+
+/** softmax(q·kᵀ + mask)·v for the query rows r0 … r0 + rows of q (q already scaled). */
+function attendRows(q: Tensor, kt: Tensor, v: Tensor, r0: number, L: number, S: number, o: AttentionOptions): Tensor {
+  const rows = q.shape[q.shape.length - 2];
+  let scores = matmul(q, kt);
+  const fill = (s: Tensor, keep: Tensor): Tensor => {
+    const out = maskedFill(s, logicalNot(keep), Number.NEGATIVE_INFINITY);
+    s.dispose();
+    return out;
+  };
+  if (o.causal) scores = fill(scores, ones([rows, S], { dtype: "bool", device: q.device }).tril(r0));
+  if (o.mask) {
+    const m = o.mask.ndim >= 2 && o.mask.size(-2) === L && L > 1 ? narrow(o.mask, -2, r0, rows) : o.mask;
+    if (m.dtype === "bool") {
+      scores = fill(scores, m);
+    } else {
+      const masked = scores.add(m);
+      scores.dispose();
+      scores = masked;
+    }
+  }
+  let weights = softmax(scores, -1);
+  scores.dispose(); // softmax's backward keeps its output, not its input
+  if (o.dropout) weights = dropout(weights, o.dropout, true);
+  return matmul(weights, v);
 }
 
 /** Mean (default), sum or element-wise squared error. */

@@ -4,6 +4,7 @@
 // paths are the transformers keys ("text_model.encoder.layers.0.self_attn.q_proj.weight").
 import {
   arange,
+  checkpoint,
   type DType,
   gelu,
   index,
@@ -236,6 +237,9 @@ export class ClipTextModel extends Module {
     this.add("text_model", new ClipTextTransformer(config, init));
   }
 
+  /** Recompute each encoder layer in backward (transformers' gradient_checkpointing). */
+  gradientCheckpointing = false;
+
   get embeddings(): ClipTextEmbeddings {
     return this.getModule("text_model.embeddings") as ClipTextEmbeddings;
   }
@@ -267,7 +271,13 @@ export class ClipTextModel extends Module {
     let h = this.embeddings.forward(embeds);
     const states = [h];
     for (let i = 0; i < count; i++) {
-      h = this.layer(i).forward(h);
+      const layer = this.layer(i);
+      if (this.gradientCheckpointing) {
+        const trainable = layer.parameters().some((p) => p.requiresGrad);
+        h = checkpoint((x) => layer.forward(x), [h], { trainable })[0];
+      } else {
+        h = layer.forward(h);
+      }
       if (all) states.push(h);
     }
     return all ? states : [h];

@@ -2,7 +2,7 @@
 // (huggingface/diffusers src/diffusers/models/unet_2d_blocks.py:
 // CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
 // CrossAttnUpBlock2D, UpBlock2D).
-import { cat, scope, type Tensor } from "../../engine/index.js";
+import { cat, checkpoint, scope, type Tensor } from "../../engine/index.js";
 import type { InitOptions } from "../../nn/index.js";
 import { Block, Downsample2D, ModuleList, ResnetBlock2D, Transformer2DModel, Upsample2D } from "../blocks/index.js";
 
@@ -61,8 +61,35 @@ function transformer(c: UNetBlockConfig, a: CrossAttnConfig, channels: number, i
   );
 }
 
+/**
+ * Base of the UNet blocks: with `gradientCheckpointing` on, each resnet and
+ * each transformer is a checkpointed segment, as diffusers' blocks do under
+ * `gradient_checkpointing` (torch.utils.checkpoint around each of them).
+ */
+export class UNetBlock extends Block {
+  gradientCheckpointing = false;
+
+  protected segment(fn: (...xs: Tensor[]) => Tensor, inputs: Tensor[]): Tensor {
+    // Without checkpointing each input still enters the segment through one
+    // alias, so autograd sums the segment's uses of it first, then adds the
+    // other consumers — the order the checkpointed run has: both runs give
+    // bit-identical gradients.
+    if (!this.gradientCheckpointing) return fn(...inputs.map((x) => (x.requiresGrad ? x.view(...x.shape) : x)));
+    const trainable = this.parameters().some((p) => p.requiresGrad);
+    return checkpoint(fn, inputs, { trainable })[0];
+  }
+
+  protected resnet(r: ResnetBlock2D, h: Tensor, temb: Tensor): Tensor {
+    return this.segment((x, t) => r.forward(x, t), [h, temb]);
+  }
+
+  protected attention(a: Transformer2DModel, h: Tensor, context: Tensor): Tensor {
+    return this.segment((x, c) => a.forward(x, c), [h, context]);
+  }
+}
+
 /** resnets (+ attentions), then an optional stride-2 downsampler; every stage output is a skip. */
-export class DownBlock extends Block {
+export class DownBlock extends UNetBlock {
   readonly hasAttention: boolean;
   readonly hasDownsample: boolean;
 
@@ -97,8 +124,8 @@ export class DownBlock extends Block {
       const skips: Tensor[] = [];
       let h = x;
       for (let i = 0; i < resnets.length; i++) {
-        h = resnets.at(i).forward(h, temb);
-        if (attentions) h = attentions.at(i).forward(h, context);
+        h = this.resnet(resnets.at(i), h, temb);
+        if (attentions) h = this.attention(attentions.at(i), h, context);
         skips.push(h);
       }
       if (this.hasDownsample) {
@@ -111,7 +138,7 @@ export class DownBlock extends Block {
 }
 
 /** resnets.0, then (attentions.i, resnets.i+1) pairs. */
-export class UNetMidBlock2DCrossAttn extends Block {
+export class UNetMidBlock2DCrossAttn extends UNetBlock {
   constructor(c: UNetBlockConfig & { channels: number; attention: CrossAttnConfig }, init: InitOptions = {}) {
     super(init);
     const resnets = this.add("resnets", new ModuleList<ResnetBlock2D>());
@@ -127,10 +154,10 @@ export class UNetMidBlock2DCrossAttn extends Block {
     return scope(() => {
       const resnets = this.mod<ModuleList<ResnetBlock2D>>("resnets");
       const attentions = this.mod<ModuleList<Transformer2DModel>>("attentions");
-      let h = resnets.at(0).forward(x, temb);
+      let h = this.resnet(resnets.at(0), x, temb);
       for (let i = 0; i < attentions.length; i++) {
-        h = attentions.at(i).forward(h, context);
-        h = resnets.at(i + 1).forward(h, temb);
+        h = this.attention(attentions.at(i), h, context);
+        h = this.resnet(resnets.at(i + 1), h, temb);
       }
       return h;
     });
@@ -141,7 +168,7 @@ export class UNetMidBlock2DCrossAttn extends Block {
  * numLayers = layers_per_block + 1 resnets, each fed cat([h, skip]) with the
  * skips taken last-first (+ attentions), then an optional upsampler.
  */
-export class UpBlock extends Block {
+export class UpBlock extends UNetBlock {
   readonly hasAttention: boolean;
   readonly hasUpsample: boolean;
   readonly numLayers: number;
@@ -183,8 +210,10 @@ export class UpBlock extends Block {
       const attentions = this.hasAttention ? this.mod<ModuleList<Transformer2DModel>>("attentions") : null;
       let h = x;
       for (let i = 0; i < resnets.length; i++) {
-        h = resnets.at(i).forward(cat([h, skips[skips.length - 1 - i]], 1), temb);
-        if (attentions) h = attentions.at(i).forward(h, context);
+        const r = resnets.at(i);
+        const skip = skips[skips.length - 1 - i];
+        h = this.segment((x, s, t) => r.forward(cat([x, s], 1), t), [h, skip, temb]);
+        if (attentions) h = this.attention(attentions.at(i), h, context);
       }
       if (this.hasUpsample) h = this.mod<ModuleList<Upsample2D>>("upsamplers").at(0).forward(h, upsampleSize);
       return h;

@@ -3,7 +3,7 @@
 import { full, scope, type Tensor } from "../../engine/index.js";
 import { Conv2d, Embedding, GroupNorm, type InitOptions } from "../../nn/index.js";
 import { Block, ModuleList, TimestepEmbedding, timestepFeatures } from "../blocks/index.js";
-import { type CrossAttnConfig, DownBlock, UNetMidBlock2DCrossAttn, UpBlock } from "./blocks.js";
+import { type CrossAttnConfig, DownBlock, UNetBlock, UNetMidBlock2DCrossAttn, UpBlock } from "./blocks.js";
 import { type UNetConfig, type UNetPreset, unetPresets } from "./config.js";
 
 /** One value per block: a number for all blocks, or a list. */
@@ -98,6 +98,12 @@ export class UNet2DConditionModel extends Block {
 
     this.add("conv_norm_out", new GroupNorm(c.normNumGroups, ch0, c.normEps, init));
     this.add("conv_out", new Conv2d(ch0, c.outChannels, 3, { padding: 1 }, init));
+  }
+
+  /** Recompute each resnet and transformer in backward instead of keeping its activations. */
+  setGradientCheckpointing(on: boolean): this {
+    for (const m of this.namedModules().values()) if (m instanceof UNetBlock) m.gradientCheckpointing = on;
+    return this;
   }
 
   /**
