@@ -5,12 +5,15 @@ export * as adapters from "./adapters/index.js";
 export * as engine from "./engine/index.js";
 export * as evaluation from "./eval/evaluate.js";
 export * as checkpoints from "./formats/checkpoint.js";
+export { readPngText } from "./formats/png.js";
 export * as safetensors from "./formats/safetensors.js";
 
 export { type GenerateRgbOptions, generateRgb, type RgbImage } from "./infer/generate-rgb.js";
+export { saveImages } from "./infer/save-images.js";
 export { type Txt2ImgOptions, txt2img } from "./infer/txt2img.js";
 export { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "./models/stable-diffusion.js";
 export { SAMPLER_NAMES } from "./schedulers/index.js";
+export { packageRoot, shapesBasePath } from "./shapes/base-path.js";
 export { convertCheckpoint } from "./tools/convert.js";
 export { formatReport, inspectFile } from "./tools/inspect.js";
 export {
@@ -22,8 +25,9 @@ export {
   type TrainConfig,
   writeResolvedConfig,
 } from "./train/config.js";
+export { decodeImage, IMAGE_EXTENSIONS, ImageError } from "./train/data/image.js";
 export type { Trainer, TrainerCommand, TrainerEvent, TrainerListener, TrainerResult } from "./train/events.js";
 export { defineMethod, type MethodSpec, registerMethod, type TrainingMethod } from "./train/methods/index.js";
 export { startTrainerProcess } from "./train/remote.js";
 export { type CreateTrainerOptions, createTrainer, type TrainOptions, train } from "./train/trainer.js";
-export { createModel, listModels, resolveModel } from "./train/workspace.js";
+export { checkModelName, createModel, listModels, openModel, resolveModel, WorkspaceError } from "./train/workspace.js";

@@ -5,6 +5,7 @@ import { demoCommand, labCommand } from "./demo-command.js";
 import { evalCommand } from "./eval-command.js";
 import { convert, generate, inspect } from "./model-commands.js";
 import { shapesCommand } from "./shapes-commands.js";
+import { studioCommand } from "./studio-command.js";
 import { checkConfigCommand, createModelCommand, modelsCommand, trainCommand } from "./train-commands.js";
 
 interface Command {
@@ -60,6 +61,10 @@ const commands: Record<string, Command> = {
     summary:
       "[--model PATH --base PATH --lora FILE --subject TOKEN:CLASS[:COLOUR[:DOT]] --samples N --json --out FILE]: score a fine-tune (--help)",
     run: evalCommand,
+  },
+  studio: {
+    summary: "[--workspace DIR] [--port N] [--host H] [--token T]: the web studio (pages, JSON API, job queue)",
+    run: studioCommand,
   },
   "check-config": {
     summary: "[CONFIG] [--FIELD VALUE…]: check a training config and print it resolved (--help: the fields)",
