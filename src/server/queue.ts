@@ -28,6 +28,8 @@ export interface Job {
   result: Record<string, unknown> | null;
   /** Times a worker was started for it. */
   attempts: number;
+  /** The process id of its last worker. */
+  worker_pid: number | null;
 }
 
 export interface JobEvent {
@@ -48,7 +50,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   kind TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, params TEXT NOT NULL,
   created TEXT NOT NULL, started TEXT, ended TEXT,
   step INTEGER NOT NULL DEFAULT 0, total INTEGER NOT NULL DEFAULT 0, eta_seconds REAL,
-  error TEXT, resume_from TEXT, result TEXT, attempts INTEGER NOT NULL DEFAULT 0
+  error TEXT, resume_from TEXT, result TEXT, attempts INTEGER NOT NULL DEFAULT 0, worker_pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -46,6 +46,16 @@ export function newestState(outputDir: string): { path: string; step: number } |
   }
 }
 
+/** Kills a previous server's worker, when that process is still one (a pid can be reused). */
+function killOrphan(pid: number): void {
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    if (/(remote-child|job-worker)\.js/.test(cmdline)) process.kill(pid, "SIGKILL");
+  } catch {
+    // gone already (or not Linux: then the orphan ends after its step by itself)
+  }
+}
+
 export class JobRunner {
   readonly #listeners = new Set<Listener>();
   #current: Current | null = null;
@@ -66,9 +76,16 @@ export class JobRunner {
     return this.#current?.job.id ?? null;
   }
 
-  /** Queues again what a previous server left running, then starts the queue. */
+  /**
+   * Queues again what a previous server left running, then starts the queue. Its worker may
+   * still be finishing a step (an orphan stops after it): it is killed first, so that two
+   * processes never write one run; the states its manifest lists are complete (atomic writes).
+   */
   start(): void {
-    for (const job of this.queue.running()) this.#requeue(job, "the studio was restarted");
+    for (const job of this.queue.running()) {
+      if (job.worker_pid) killOrphan(job.worker_pid);
+      this.#requeue(job, "the studio was restarted");
+    }
     this.kick();
   }
 
@@ -173,7 +190,9 @@ export class JobRunner {
     this.#current = current;
     trainer.on((e) => this.#trainerEvent(job.id, e));
     try {
-      const r = await trainer.run();
+      const running = trainer.run();
+      this.queue.update(job.id, { worker_pid: trainer.pid ?? null });
+      const r = await running;
       if (r.reason === "stopped") {
         if (current.wanted === "cancel") this.#finish(job.id, "cancelled");
         else {
@@ -264,6 +283,7 @@ export class JobRunner {
         kill: () => child.kill("SIGKILL"),
       };
       this.#current = current;
+      this.queue.update(job.id, { worker_pid: child.pid ?? null });
       let settled = false;
       const settle = (status: Job["status"], o: { error?: string; result?: Record<string, unknown> }) => {
         if (settled) return;
