@@ -487,7 +487,14 @@ async function loadGallery() {
 }
 async function loadGenerate() {
   await loadWorkspace();
-  await loadModelsInto($("#gen-model"));
+  const models = await loadModelsInto($("#gen-model"));
+  // the sampler follows the model's scheduler (chosen when it was created) until changed here
+  const follow = () => {
+    const m = models.find((x) => x.name === $("#gen-model").value);
+    if (m) $("#gen-sampler").value = m.scheduler;
+  };
+  $("#gen-model").onchange = follow;
+  follow();
   const lora = $("#gen-lora");
   lora.replaceChildren(
     el("option", { value: "", textContent: "(pick to add to the prompt)" }),

@@ -18,10 +18,14 @@ after(() => {
 
 /** `atelier studio` as its own process; its URL once it listens. */
 async function startServer(): Promise<{ proc: ChildProcess; base: string }> {
-  const proc = spawn(process.execPath, [join(repoRoot, "bin", "atelier.js"), "studio", "--workspace", dirs.workspace, "--port", "0"], {
-    env: gentleEnv(),
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const proc = spawn(
+    process.execPath,
+    [join(repoRoot, "bin", "atelier.js"), "studio", "--workspace", dirs.workspace, "--port", "0"],
+    {
+      env: gentleEnv(),
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   running.push(proc);
   const base = await new Promise<string>((resolve, reject) => {
     let out = "";
@@ -68,7 +72,10 @@ test("SIGKILL of the studio mid-run, then of a trainer process: each job resumes
   process.kill(second.worker_pid as number, "SIGKILL");
   const resumed = await waitJob(base, workerKilled);
   assert.equal(resumed.status, "done", String(resumed.error));
-  assert.match((resumed.log as { message: string }[]).map((l) => l.message).join("\n"), /was killed by SIGKILL.*; resuming from the state of step [1-3]/);
+  assert.match(
+    (resumed.log as { message: string }[]).map((l) => l.message).join("\n"),
+    /was killed by SIGKILL.*; resuming from the state of step [1-3]/,
+  );
   assert.equal(resumed.attempts, 2);
 
   const ref = await waitJob(base, reference);
@@ -78,7 +85,10 @@ test("SIGKILL of the studio mid-run, then of a trainer process: each job resumes
   assert.deepEqual(lossesOf("server-killed"), want, "the resumed run's losses are the uninterrupted run's");
   assert.deepEqual(lossesOf("worker-killed"), want);
   // the job's own record (the Jobs page's chart) holds each step once, with the same losses
-  assert.deepEqual((first.losses as { loss: number }[]).map((l) => l.loss), want);
+  assert.deepEqual(
+    (first.losses as { loss: number }[]).map((l) => l.loss),
+    want,
+  );
   proc.kill("SIGTERM");
   await new Promise((r) => proc.once("exit", r));
 });
