@@ -428,7 +428,9 @@ function openJob(id) {
   });
   stream.addEventListener("step", (e) => {
     const d = JSON.parse(e.data);
-    losses.push(d);
+    const at = losses.findIndex((l) => l.step >= d.step);
+    if (at < 0) losses.push(d);
+    else losses.splice(at, losses[at].step === d.step ? 1 : 0, d);
     drawLoss(losses);
     $("#job-bar").style.width = `${(100 * d.step) / d.total}%`;
     $("#job-progress").textContent =

@@ -147,6 +147,11 @@ export class JobQueue {
     return rows.map((r) => ({ ...r, data: JSON.parse(r.data) as Record<string, unknown> }));
   }
 
+  /** Removes a job's events of one type. */
+  dropEvents(jobId: number, type: string): void {
+    this.db.prepare("DELETE FROM events WHERE job_id = ? AND type = ?").run(jobId, type);
+  }
+
   /** A resumed run redoes the steps after its state: their recorded steps and samples go. */
   dropEventsAfterStep(jobId: number, step: number): void {
     this.db

@@ -172,7 +172,7 @@ export class JobRunner {
     const config = job.params.config as TrainConfig;
     const state = job.resume_from && existsSync(job.resume_from) ? job.resume_from : null;
     const from = state ? (newestState(config.output_dir)?.step ?? 0) : 0;
-    if (state) this.queue.dropEventsAfterStep(job.id, from);
+    if (state) this.#replayUpTo(job.id, config.output_dir, from);
     else {
       // nothing to resume from: a fresh run in a fresh folder (runs/ is the studio's own)
       rmSync(config.output_dir, { recursive: true, force: true });
@@ -212,6 +212,36 @@ export class JobRunner {
         return;
       }
       this.#finish(job.id, "failed", { error: message });
+    }
+  }
+
+  /**
+   * Before a resume: the job's record of steps and samples becomes the run's own, up to the
+   * state (its loss log and manifest), so that steps a dying worker did while no studio listened
+   * are in it, and those after the state (to be redone) are not.
+   */
+  #replayUpTo(id: number, outputDir: string, step: number): void {
+    this.queue.dropEventsAfterStep(id, step);
+    this.queue.dropEvents(id, "step");
+    const log = join(outputDir, "logs", "loss.jsonl");
+    const lines = existsSync(log) ? readFileSync(log, "utf8").split("\n").filter(Boolean) : [];
+    for (const line of lines) {
+      let r: { step: number; epoch: number; loss: number; lr: number };
+      try {
+        r = JSON.parse(line);
+      } catch {
+        continue; // a line cut by the kill
+      }
+      if (r.step <= step) this.queue.addEvent(id, "step", { step: r.step, epoch: r.epoch, loss: r.loss, lr: r.lr });
+    }
+    const seen = new Set(this.queue.events(id, 0, ["sample"]).map((e) => e.data.path));
+    const m = JSON.parse(readFileSync(join(outputDir, "manifest.json"), "utf8")) as {
+      artifacts: { path: string; kind: string; step: number }[];
+    };
+    for (const a of m.artifacts) {
+      const path = relPath(this.root, join(outputDir, a.path));
+      if (a.kind === "samples" && a.step <= step && !seen.has(path))
+        this.queue.addEvent(id, "sample", { step: a.step, path });
     }
   }
 
