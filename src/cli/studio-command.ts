@@ -24,7 +24,7 @@ export async function studioCommand(argv: string[]): Promise<number> {
     maxUpload: mb === undefined ? undefined : Math.round(mb * 2 ** 20),
   });
   console.log(`atelier studio: workspace ${studio.root}`);
-  console.log(`atelier studio: open ${studio.url}${studio.token ? `#token=${studio.token}` : ""}`);
+  console.log(`atelier studio: open ${studio.url}${studio.token ? `?token=${studio.token}` : ""}`);
   if (studio.token) console.log(`atelier studio: token ${studio.token} (every request needs it off localhost)`);
   await new Promise<void>((resolve) => {
     const stop = () => {

@@ -188,18 +188,39 @@ export class Router {
   }
 }
 
-/** True when the request carries the token (Authorization: Bearer T, or ?token=T for <img> and EventSource). */
-export function hasToken(req: IncomingMessage, url: URL, token: string): boolean {
-  const auth = String(req.headers.authorization ?? "");
-  const given = auth.startsWith("Bearer ") ? auth.slice(7) : (url.searchParams.get("token") ?? "");
+export const TOKEN_COOKIE = "atelier_token";
+
+const same = (given: string, token: string) => {
   const a = Buffer.from(given);
   const b = Buffer.from(token);
   return a.length === b.length && timingSafeEqual(a, b);
+};
+
+/**
+ * How the request carries the token, or null: the Authorization header (Bearer T), ?token=T
+ * (the address the studio prints; then a SameSite=Strict cookie carries it for the page's
+ * own requests, <img> and EventSource included), or that cookie.
+ */
+export function tokenIn(req: IncomingMessage, url: URL, token: string): "header" | "query" | "cookie" | null {
+  const auth = String(req.headers.authorization ?? "");
+  if (auth.startsWith("Bearer ")) return same(auth.slice(7), token) ? "header" : null;
+  const q = url.searchParams.get("token");
+  if (q !== null) return same(q, token) ? "query" : null;
+  const cookie = String(req.headers.cookie ?? "")
+    .split(";")
+    .map((c) => c.trim())
+    .find((c) => c.startsWith(`${TOKEN_COOKIE}=`));
+  return cookie && same(cookie.slice(TOKEN_COOKIE.length + 1), token) ? "cookie" : null;
 }
 
 /** A file of web/ (index.html for /), or false. */
 export function serveStatic(res: ServerResponse, webDir: string, pathname: string): boolean {
-  const rel = pathname === "/" ? "index.html" : normalize(decodeURIComponent(pathname)).replace(/^[/\\]+/, "");
+  let rel: string;
+  try {
+    rel = pathname === "/" ? "index.html" : normalize(decodeURIComponent(pathname)).replace(/^[/\\]+/, "");
+  } catch {
+    return false; // not valid percent-encoding
+  }
   if (rel.split(/[/\\]/).includes("..")) return false;
   const file = join(webDir, rel);
   if (!existsSync(file) || !statSync(file).isFile()) return false;

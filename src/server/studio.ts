@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { packageRoot } from "../index.js";
 import { jobRoutes } from "./api-jobs.js";
 import { workspaceRoutes } from "./api-workspace.js";
-import { hasToken, openApi, type Route, Router, sendJson, serveStatic } from "./http.js";
+import { openApi, type Route, Router, sendJson, serveStatic, TOKEN_COOKIE, tokenIn } from "./http.js";
 import { JobQueue } from "./queue.js";
 import { JobRunner } from "./runner.js";
 import { openWorkspace } from "./workspace-files.js";
@@ -81,9 +81,13 @@ export async function startStudio(o: StudioOptions): Promise<Studio> {
   const webDir = join(pkg, "web");
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? "/", "http://studio.invalid");
-    if (token !== null && !hasToken(req, url, token)) {
-      sendJson(res, 401, { error: "this studio needs its token: Authorization: Bearer TOKEN (or ?token=TOKEN)" });
-      return;
+    if (token !== null) {
+      const how = tokenIn(req, url, token);
+      if (how === null) {
+        sendJson(res, 401, { error: "this studio needs its token: Authorization: Bearer TOKEN (or ?token=TOKEN)" });
+        return;
+      }
+      if (how === "query") res.setHeader("Set-Cookie", `${TOKEN_COOKIE}=${token}; HttpOnly; SameSite=Strict; Path=/`);
     }
     if (url.pathname.startsWith("/api/")) {
       void router.handle(req, res, url);

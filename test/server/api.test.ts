@@ -71,7 +71,6 @@ test("health, the OpenAPI document of every route, the A1111 layout; files dropp
     ws.lora.map((f) => f.path),
     ["models/Lora/dropped.safetensors"],
   );
-  assert.ok((await call(base, "GET", "/api/sources")).body instanceof Array);
   const sources = (await call(base, "GET", "/api/sources")).body as unknown as { source: string }[];
   assert.deepEqual(
     sources.map((s) => s.source),
@@ -357,7 +356,16 @@ test("off localhost every request needs the token", async () => {
       (await call(at, "GET", "/api/health", undefined, { Authorization: "Bearer s3cret-token" })).status,
       200,
     );
-    assert.equal((await call(at, "GET", "/api/health?token=s3cret-token")).status, 200);
+    // the printed address (?token=) gives the page a SameSite=Strict cookie for its own requests
+    const first = await fetch(new URL("/?token=s3cret-token", at));
+    assert.equal(first.status, 200);
+    assert.match(first.headers.get("set-cookie") ?? "", /^atelier_token=s3cret-token; HttpOnly; SameSite=Strict/);
+    assert.equal(
+      (await fetch(new URL("/app.js", at), { headers: { Cookie: "atelier_token=s3cret-token" } })).status,
+      200,
+    );
+    assert.equal((await fetch(new URL("/app.js", at), { headers: { Cookie: "atelier_token=nope" } })).status, 401);
+    assert.equal((await call(at, "GET", "/api/health?token=wrong")).status, 401);
     const generated = await startStudio({ workspace: join(dirs.root, "ws3"), host: "0.0.0.0", port: 0 });
     assert.match(generated.token ?? "", /^[\w-]{32}$/, "a token is generated when none is given");
     await generated.close();
