@@ -6,7 +6,10 @@
 // server's work should cost it little). The clients run in this process,
 // the studio in a child, the trainer in the studio's child.
 //
-//   node dist/bench/studio_load.js [--clients 50] [--steps 30] [--json]
+// The trainer gets --threads intra-op threads (default 1: on a 2-core machine the other core
+// is the server's and the clients'; with both, every request stalls libtorch's thread pool).
+//
+//   node dist/bench/studio_load.js [--clients 50] [--steps 30] [--threads 1] [--json]
 import { type ChildProcess, spawn } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,7 +19,12 @@ import { parseArgs } from "node:util";
 import { generateSubject, writeSceneFolder } from "../src/shapes/world.js";
 
 const { values } = parseArgs({
-  options: { clients: { type: "string" }, steps: { type: "string" }, json: { type: "boolean" } },
+  options: {
+    clients: { type: "string" },
+    steps: { type: "string" },
+    threads: { type: "string" },
+    json: { type: "boolean" },
+  },
 });
 const CLIENTS = Number(values.clients ?? 50);
 const STEPS = Number(values.steps ?? 30);
@@ -28,6 +36,7 @@ const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.floo
 async function startServer(workspace: string): Promise<{ proc: ChildProcess; base: string }> {
   const proc = spawn(process.execPath, [BIN, "studio", "--workspace", workspace, "--port", "0"], {
     stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, ATELIER_NUM_THREADS: values.threads ?? "1" },
   });
   const base = await new Promise<string>((resolve, reject) => {
     let out = "";

@@ -334,6 +334,36 @@ test("train a 2-step LoRA, stream its events, generate with it; jobs: cancel, pa
   assert.equal((await file("outputs/none.png")).status, 404);
 });
 
+test("a training job paused (it saves a state), resumed from that state, then cancelled while running", async () => {
+  const job = await call(base, "POST", "/api/train", {
+    name: "r2",
+    config: { ...tinyLora("shapes", "star", 6, 0), sample: {} },
+  });
+  const id = job.body.id as number;
+  await waitJob(base, id, { until: (j) => (j.step as number) >= 1 });
+  assert.equal((await call(base, "POST", `/api/jobs/${id}/pause`)).status, 200);
+  const paused = await waitJob(base, id, { until: (j) => j.status !== "running" });
+  assert.equal(paused.status, "paused", String(paused.error));
+  assert.match(paused.resume_from as string, /runs\/r2\/state-step00000\d$/);
+  const pausedAt = paused.step as number;
+  await refused("POST", `/api/jobs/${id}/pause`, undefined, 409);
+  assert.match((await call(base, "POST", `/api/jobs/${id}/resume`)).body.status as string, /^(queued|running)$/);
+  const again = await waitJob(base, id, { until: (j) => (j.step as number) > pausedAt || j.status === "done" });
+  const log = (again.log as { message: string }[]).map((l) => l.message).join("\n");
+  assert.match(log, new RegExp(`resumed at step ${pausedAt}`));
+  assert.equal(again.status, "running");
+  assert.equal((await call(base, "POST", `/api/jobs/${id}/cancel`)).status, 200);
+  const cancelled = await waitJob(base, id);
+  assert.equal(cancelled.status, "cancelled");
+  assert.ok((cancelled.step as number) < 12, "stopped before its last step");
+  const steps = ((await call(base, "GET", `/api/jobs/${id}`)).body.losses as { step: number }[]).map((l) => l.step);
+  assert.deepEqual(
+    steps,
+    [...new Set(steps)].sort((a, b) => a - b),
+    "each step once, in order",
+  );
+});
+
 test("off localhost every request needs the token", async () => {
   const open = await startStudio({
     workspace: join(dirs.root, "ws2"),
