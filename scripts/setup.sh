@@ -44,6 +44,10 @@ fi
 if [ "${1:-}" = "--with-reference" ] && ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   apt_install python3-torch
 fi
+# Debian's chromium: the studio's browser test drives it (playwright-core, no browser download).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  apt_install chromium || say "could not install chromium: the studio's browser test will be skipped"
+fi
 say "libtorch: $(node -e 'import("./native/find-libtorch.js").then(m => console.log(m.findLibtorch().source))')"
 
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi

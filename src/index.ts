@@ -5,9 +5,11 @@ export * as adapters from "./adapters/index.js";
 export * as engine from "./engine/index.js";
 export * as evaluation from "./eval/evaluate.js";
 export * as checkpoints from "./formats/checkpoint.js";
+export { readPngText } from "./formats/png.js";
 export * as safetensors from "./formats/safetensors.js";
 
 export { type GenerateRgbOptions, generateRgb, type RgbImage } from "./infer/generate-rgb.js";
+export { saveImages } from "./infer/save-images.js";
 export { type Txt2ImgOptions, txt2img } from "./infer/txt2img.js";
 export { type UpscaleOptions, upscale } from "./infer/upscale.js";
 export { generateTwoStage, upscaleRgb } from "./infer/upscale-rgb.js";
@@ -16,6 +18,7 @@ export { type LoadedUpscaler, loadUpscaler } from "./models/upscaler/index.js";
 export { SAMPLER_NAMES } from "./schedulers/index.js";
 export { mergeCheckpoints } from "./tools/checkpoint-merger.js";
 export { checkFile, formatCheck } from "./tools/compat-check.js";
+export { packageRoot, shapesBasePath } from "./shapes/base-path.js";
 export { convertCheckpoint } from "./tools/convert.js";
 export { extractLora, extractLoraFromCheckpoints } from "./tools/extract-lora.js";
 export { formatReport, inspectFile } from "./tools/inspect.js";
@@ -32,8 +35,9 @@ export {
   type TrainConfig,
   writeResolvedConfig,
 } from "./train/config.js";
+export { decodeImage, IMAGE_EXTENSIONS, ImageError } from "./train/data/image.js";
 export type { Trainer, TrainerCommand, TrainerEvent, TrainerListener, TrainerResult } from "./train/events.js";
 export { defineMethod, type MethodSpec, registerMethod, type TrainingMethod } from "./train/methods/index.js";
 export { startTrainerProcess } from "./train/remote.js";
 export { type CreateTrainerOptions, createTrainer, type TrainOptions, train } from "./train/trainer.js";
-export { createModel, listModels, resolveModel } from "./train/workspace.js";
+export { checkModelName, createModel, listModels, openModel, resolveModel, WorkspaceError } from "./train/workspace.js";

@@ -14,6 +14,7 @@ import {
   rescueCommand,
   resizeLoraCommand,
 } from "./tools-commands.js";
+import { studioCommand } from "./studio-command.js";
 import { checkConfigCommand, createModelCommand, modelsCommand, trainCommand } from "./train-commands.js";
 import { UPSCALE_SUMMARY, upscaleCommand } from "./upscale-command.js";
 
@@ -101,6 +102,10 @@ const commands: Record<string, Command> = {
   check: {
     summary: "FILE [--json]: which of A1111, Forge, ComfyUI, diffusers, kohya load an adapter, and what each drops",
     run: checkCommand,
+  },
+  studio: {
+    summary: "[--workspace DIR] [--port N] [--host H] [--token T]: the web studio (pages, JSON API, job queue)",
+    run: studioCommand,
   },
   "check-config": {
     summary: "[CONFIG] [--FIELD VALUE…]: check a training config and print it resolved (--help: the fields)",

@@ -1,0 +1,104 @@
+// The worker process of the studio's non-training jobs (training runs in the
+// trainer's own child, src/train/remote-child.ts): one job per process, so a
+// crash or an out-of-memory kill ends the job, never the server. The parent
+// (runner.ts) sends one "run" message; the worker answers with "progress"
+// messages, then "result" or "error", and exits. It only calls the library.
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import {
+  createModel,
+  disposeStableDiffusion,
+  generateRgb,
+  loadStableDiffusion,
+  type SAMPLER_NAMES,
+  saveImages,
+} from "../index.js";
+
+export interface CreateModelJob {
+  kind: "create-model";
+  name: string;
+  /** The source checkpoint, absolute (checked by the server). */
+  from: string;
+  /** Where working models live (WORKSPACE/models/atelier). */
+  modelsDir: string;
+  scheduler: (typeof SAMPLER_NAMES)[number];
+  overwrite: boolean;
+}
+
+export interface GenerateJob {
+  kind: "generate";
+  /** The weights to load, absolute. */
+  model: string;
+  modelName: string;
+  loraDir: string;
+  /** The PNG to write, absolute (out-0.png, out-1.png, … for a batch). */
+  out: string;
+  prompt: string;
+  negative: string;
+  sampler: string;
+  steps: number;
+  cfg: number;
+  seed: number;
+  width: number;
+  height: number;
+  batch: number;
+}
+
+export type WorkerJob = CreateModelJob | GenerateJob;
+
+export type FromWorker =
+  | { type: "progress"; step: number; total: number }
+  | { type: "result"; result: Record<string, unknown> }
+  | { type: "error"; message: string };
+
+function run(job: WorkerJob): Record<string, unknown> {
+  if (job.kind === "create-model") {
+    const m = createModel(job.name, {
+      from: job.from,
+      workspace: job.modelsDir,
+      scheduler: job.scheduler,
+      overwrite: job.overwrite,
+    });
+    return { name: m.name, scheduler: m.meta.scheduler, notes: m.meta.architecture.notes };
+  }
+  const model = loadStableDiffusion(job.model);
+  try {
+    const result = generateRgb(model, {
+      prompt: job.prompt,
+      negative: job.negative,
+      sampler: job.sampler,
+      steps: job.steps,
+      cfg: job.cfg,
+      seed: job.seed,
+      width: job.width,
+      height: job.height,
+      batch: job.batch,
+      loraDirs: [job.loraDir],
+      onStep: (step, total) => send({ type: "progress", step, total }),
+    });
+    mkdirSync(dirname(job.out), { recursive: true });
+    const images = saveImages(result, job.out, job.modelName);
+    return { images, seed: result.settings.seed };
+  } finally {
+    disposeStableDiffusion(model);
+  }
+}
+
+function send(m: FromWorker, done?: () => void): void {
+  if (process.connected) process.send!(m, undefined, undefined, () => done?.());
+  else done?.();
+}
+
+if (!process.send) {
+  console.error("atelier: job-worker.js runs only as the studio's child (it needs an IPC channel)");
+  process.exit(2);
+}
+process.on("disconnect", () => process.exit(0));
+process.once("message", (m: { type: "run"; job: WorkerJob }) => {
+  try {
+    const result = run(m.job);
+    send({ type: "result", result }, () => process.exit(0));
+  } catch (e) {
+    send({ type: "error", message: e instanceof Error ? e.message : String(e) }, () => process.exit(1));
+  }
+});
