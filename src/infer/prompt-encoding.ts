@@ -150,7 +150,13 @@ export function applyEmphasis(z: Tensor, multipliers: Tensor, mode: EmphasisMode
   return scope(() => {
     const weighted = z.mul(multipliers.to(z.dtype).unsqueeze(-1));
     if (mode === "no-norm") return weighted;
-    return weighted.mul(z.mean().div(weighted.mean()));
+    // A1111 divides by the weighted mean as it is; where that is exactly 0
+    // (a text encoder whose final layer norm leaves every token at mean 0,
+    // as an untrained one does) it yields NaN/Inf conditioning: keep the
+    // weighted z unscaled instead.
+    const ratio = z.mean().div(weighted.mean());
+    if (!Number.isFinite(ratio.item())) return weighted;
+    return weighted.mul(ratio);
   });
 }
 

@@ -250,6 +250,15 @@ test("emphasis: (word:1.5) = the unweighted output × weights, rescaled to the s
   });
 });
 
+test("emphasis: a weighted mean of exactly 0 leaves the weighted z unscaled, never NaN", () => {
+  scope(() => {
+    // Every row has mean 0 (as an untrained CLIP's final layer norm gives); weights 2 and 1 keep it 0.
+    const z = tensor(Float32Array.from([1, -1, 3, -3]), { shape: [1, 2, 2] });
+    const m = tensor(Float32Array.from([2, 1]), { shape: [1, 2] });
+    assert.deepEqual(applyEmphasis(z, m).toArray(), [2, -2, 3, -3]);
+  });
+});
+
 test("clip skip 2 = final_layer_norm(hidden_states[-2]) of the same chunk", () => {
   withModel((model) => {
     const prompt = "a cat";
