@@ -206,6 +206,11 @@ export class JobRunner {
       if (this.#closed) return; // the server is going down: the next start resumes it
       if (current.wanted === "cancel") return this.#finish(job.id, "cancelled");
       const message = (e as Error).message;
+      if ((e as Error).name === "RunFinishedError") {
+        // killed after the run's last state was saved, before the job was marked done: it is done
+        this.#finish(job.id, "done", { result: this.#publish(job, config) });
+        return;
+      }
       if (/the trainer process \(pid \d+\) (was killed|exited)/.test(message)) {
         this.#requeue(this.queue.get(job.id)!, message.split(";")[0]);
         this.#changed(this.queue.get(job.id)!);

@@ -214,9 +214,14 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
   }
 }
 
+/** A resume of a run that already reached its last step (its `name` crosses the trainer process boundary). */
+export class RunFinishedError extends Error {
+  override name = "RunFinishedError";
+}
+
 function refuseFinished(dir: string, step: number, total: number): void {
   if (step >= total) {
-    throw new Error(
+    throw new RunFinishedError(
       `${dir}: the run is finished at step ${step} (this config's last step is ${total}); raise max_steps (or epochs) to train further`,
     );
   }

@@ -337,7 +337,8 @@ test("train a 2-step LoRA, stream its events, generate with it; jobs: cancel, pa
 test("a training job paused (it saves a state), resumed from that state, then cancelled while running", async () => {
   const job = await call(base, "POST", "/api/train", {
     name: "r2",
-    config: { ...tinyLora("shapes", "star", 6, 0), sample: {} },
+    // long enough that it is still running when the test cancels it, however fast the machine
+    config: { ...tinyLora("shapes", "star", 200, 0), sample: {} },
   });
   const id = job.body.id as number;
   await waitJob(base, id, { until: (j) => (j.step as number) >= 1 });
@@ -355,7 +356,7 @@ test("a training job paused (it saves a state), resumed from that state, then ca
   assert.equal((await call(base, "POST", `/api/jobs/${id}/cancel`)).status, 200);
   const cancelled = await waitJob(base, id);
   assert.equal(cancelled.status, "cancelled");
-  assert.ok((cancelled.step as number) < 12, "stopped before its last step");
+  assert.ok((cancelled.step as number) < 200, "stopped before its last step");
   const steps = ((await call(base, "GET", `/api/jobs/${id}`)).body.losses as { step: number }[]).map((l) => l.step);
   assert.deepEqual(
     steps,
