@@ -5,6 +5,7 @@ import { demoCommand, labCommand } from "./demo-command.js";
 import { evalCommand } from "./eval-command.js";
 import { convert, generate, inspect } from "./model-commands.js";
 import { shapesCommand } from "./shapes-commands.js";
+import { studioCommand } from "./studio-command.js";
 import {
   checkCommand,
   extractLoraCommand,
@@ -14,7 +15,6 @@ import {
   rescueCommand,
   resizeLoraCommand,
 } from "./tools-commands.js";
-import { studioCommand } from "./studio-command.js";
 import { checkConfigCommand, createModelCommand, modelsCommand, trainCommand } from "./train-commands.js";
 import { UPSCALE_SUMMARY, upscaleCommand } from "./upscale-command.js";
 

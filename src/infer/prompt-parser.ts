@@ -139,7 +139,10 @@ function applyUnclosed(weights: number[], starts: readonly number[], multiplier:
     const w = weights[p];
     const key = w === 0 && 1 / w < 0 ? "-0" : w; // a Map takes -0 for 0; their products differ in sign
     let chain = chains.get(key);
-    if (!chain) chains.set(key, (chain = { count: 0, value: w }));
+    if (!chain) {
+      chain = { count: 0, value: w };
+      chains.set(key, chain);
+    }
     for (; chain.count < open; chain.count++) chain.value *= multiplier;
     weights[p] = chain.value;
   }
