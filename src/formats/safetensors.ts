@@ -222,7 +222,7 @@ export function loadSafetensors(
 
 // Descending alignment, as the reference writer sorts, so that every tensor
 // starts at a multiple of its element size (the header is padded to 8).
-const ALIGN_RANK: Record<DType, number> = {
+export const ALIGN_RANK: Record<DType, number> = {
   int64: 9,
   float64: 8,
   float32: 7,

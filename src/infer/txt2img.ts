@@ -183,12 +183,7 @@ export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResul
           o.onStep?.(i + 1, steps);
         }
         generator.dispose();
-        const images = model.vae
-          .decodeLatents(latents.to(model.vae.parameters()[0].dtype))
-          .div(2)
-          .add(0.5)
-          .clamp(0, 1)
-          .to("cpu", "float32");
+        const images = decodeToImages(model.vae, latents);
         return { latents, images, settings };
       }),
     );
@@ -196,6 +191,13 @@ export function txt2img(model: StableDiffusion, o: Txt2ImgOptions): Txt2ImgResul
     sampler.dispose();
     loras?.remove();
   }
+}
+
+/** Latents → [B, 3, H, W] float32 images in [0, 1] on the CPU (diffusers' VaeImageProcessor: x/2 + 0.5, clamped). */
+export function decodeToImages(vae: AutoencoderKL, latents: Tensor): Tensor {
+  return scope(() =>
+    vae.decodeLatents(latents.to(vae.parameters()[0].dtype)).div(2).add(0.5).clamp(0, 1).to("cpu", "float32"),
+  );
 }
 
 /** [B, 3, H, W] images in [0, 1] → one HWC uint8 RGB buffer per image (diffusers numpy_to_pil: ·255, round). */

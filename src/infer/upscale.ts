@@ -10,6 +10,7 @@ import { cat, Generator, keep, noGrad, randn, scope, type Tensor, tensor } from 
 import { checkNoiseLevel, notAnUpscaler, type Upscaler } from "../models/upscaler/index.js";
 import { createSampler, NoiseSchedule, type Sampler } from "../schedulers/index.js";
 import { encodePrompts } from "./prompt-encoding.js";
+import { decodeToImages } from "./txt2img.js";
 
 export interface UpscaleOptions {
   prompt: string;
@@ -151,12 +152,7 @@ export function upscale(model: Upscaler, image: Tensor, o: UpscaleOptions): Upsc
           o.onStep?.(i + 1, steps);
         }
         generator.dispose();
-        const images = model.vae
-          .decodeLatents(latents.to(model.vae.parameters()[0].dtype))
-          .div(2)
-          .add(0.5)
-          .clamp(0, 1)
-          .to("cpu", "float32");
+        const images = decodeToImages(model.vae, latents);
         return { latents, images, settings };
       }),
     );

@@ -6,6 +6,7 @@
 // alignment then name; written atomically.
 import { BYTES, type DType, scope, type Tensor } from "../engine/index.js";
 import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
+import { ALIGN_RANK } from "../formats/safetensors.js";
 import { DTYPE_TO_FILE } from "../formats/safetensors-header.js";
 
 export interface PlannedTensor {
@@ -13,19 +14,6 @@ export interface PlannedTensor {
   dtype: DType;
   shape: readonly number[];
 }
-
-const ALIGN_RANK: Record<DType, number> = {
-  int64: 9,
-  float64: 8,
-  float32: 7,
-  int32: 6,
-  bfloat16: 5,
-  float16: 4,
-  int16: 3,
-  int8: 2,
-  uint8: 1,
-  bool: 0,
-} as Record<DType, number>;
 
 /**
  * Writes `planned` tensors to `path`; `produce(name)` makes each one (in a
