@@ -113,7 +113,8 @@ log ""
 log "ratios (Atelier ÷ PyTorch, lower is better):"
 for f in "$out"/bench-*.log; do
   [ -f "$f" ] || continue
-  grep -hE '^\|' "$f" | sed "s|^|  $(basename "$f" .log): |" | tee -a "$summary"
+  # the benchmarks' table: its header and the rows that end in "atelier ms, pytorch ms, ratio[, cpu ratio]"
+  grep -hE 'atelier ms|[0-9]+ +[0-9]+ +[0-9.]+( +[0-9.]+)?$' "$f" | sed "s|^|  $(basename "$f" .log): |" | tee -a "$summary"
 done
 log ""
 log "total $(($(date +%s) - t_start)) s; results in $out"
