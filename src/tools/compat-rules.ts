@@ -88,6 +88,25 @@ const COMFY_PARTS: Record<string, readonly string[]> = {
   diff: ["w_norm", "b_norm", "diff", "diff_b", "set_weight"],
 };
 
+/** ComfyUI's rules; Forge loads LoRAs through its copy of comfy/lora.py, so they are Forge's too. */
+const COMFYUI: LoaderRules = {
+  id: "comfyui",
+  name: "ComfyUI",
+  split: "suffix",
+  parts: COMFY_PARTS,
+  names: [
+    "kohya-diffusers",
+    "kohya-compvis",
+    "kohya-te1",
+    "lycoris-diffusers",
+    "compvis-plain",
+    "diffusers-processor",
+    "te-diffusers-attn",
+  ],
+  unknownPartsFail: false,
+  unmatchedFail: false,
+};
+
 export const LOADERS: readonly LoaderRules[] = [
   {
     id: "a1111",
@@ -99,40 +118,8 @@ export const LOADERS: readonly LoaderRules[] = [
     unmatchedFail: false,
     extras: ["bundle_emb."],
   },
-  {
-    id: "forge",
-    name: "Forge",
-    split: "suffix",
-    parts: COMFY_PARTS,
-    names: [
-      "kohya-diffusers",
-      "kohya-compvis",
-      "kohya-te1",
-      "lycoris-diffusers",
-      "compvis-plain",
-      "diffusers-processor",
-      "te-diffusers-attn",
-    ],
-    unknownPartsFail: false,
-    unmatchedFail: false,
-  },
-  {
-    id: "comfyui",
-    name: "ComfyUI",
-    split: "suffix",
-    parts: COMFY_PARTS,
-    names: [
-      "kohya-diffusers",
-      "kohya-compvis",
-      "kohya-te1",
-      "lycoris-diffusers",
-      "compvis-plain",
-      "diffusers-processor",
-      "te-diffusers-attn",
-    ],
-    unknownPartsFail: false,
-    unmatchedFail: false,
-  },
+  { ...COMFYUI, id: "forge", name: "Forge" },
+  COMFYUI,
   {
     id: "diffusers",
     name: "diffusers (load_lora_weights)",
