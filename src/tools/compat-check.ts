@@ -196,6 +196,8 @@ function checkLora(rules: LoaderRules, keys: string[]): LoaderVerdict {
   }
   if (!reason && rules.unmatchedFail && ignored.length > 0)
     reason = `${ignored.length} keys it cannot convert (e.g. '${ignored[0].key}': ${ignored[0].why})`;
+  if (!reason && rules.maxUnmatched !== undefined && ignored.length > rules.maxUnmatched)
+    reason = `LoRA version mismatch: ${ignored.length} keys unmatched, over its limit of ${rules.maxUnmatched} (e.g. '${ignored[0].key}': ${ignored[0].why})`;
   const verdict: Verdict = reason
     ? "rejects"
     : applied === 0

@@ -17,8 +17,17 @@
 //   `lora_unet_` + diffusers or compvis path, `lycoris_` + diffusers path, the compvis path
 //   itself, `[unet.]` + diffusers path with `.to_` → `.processor.to_` (to_out.0 → to_out),
 //   `lora_te_` / `lora_te1_`, `text_encoder.text_model.encoder.layers.N.<attn/mlp>`).
-// - Forge: lllyasviel/stable-diffusion-webui-forge loads LoRAs through its copy of
-//   ComfyUI's comfy/lora.py (backend/patcher/lora.py), so the ComfyUI rules apply.
+// - Forge: lllyasviel/stable-diffusion-webui-forge extensions-builtin/sd_forge_lora/networks.py
+//   load_lora_for_models calls backend/patcher/lora.py load_lora / model_lora_keys_unet / _clip,
+//   which take them from packages_3rdparty/comfyui_lora_collection/lora.py (webui_lora_collection/
+//   lora.py, first in the priority list, is an empty "TODO"). That is an older copy of ComfyUI's
+//   comfy/lora.py and differs from it: no `.reshape_weight` or `.set_weight` part, no `lycoris_`
+//   name prefix (its model_lora_keys_unet maps `lora_unet_` + compvis / diffusers path, the compvis
+//   path itself, `[unet.]` + processor path; _clip maps `lora_te_`, `lora_te1_` and
+//   `text_encoder.text_model.encoder.layers.N.<attn/mlp>`), no OFT ("TODO: OFT"), and no
+//   bundled embeddings (`bundle_emb.*` keys are just unmatched). And networks.py refuses the
+//   whole file — "LoRA version mismatch", nothing applied — when more than 12 keys are left
+//   unmatched after the UNet and CLIP passes (ComfyUI only warns per key).
 // - diffusers: huggingface/diffusers loaders/lora_pipeline.py load_lora_weights with
 //   loaders/lora_conversion_utils.py _convert_non_diffusers_lora_to_diffusers (kohya
 //   `lora_unet_`/`lora_te_` names with lora_down/lora_up/alpha, dora_scale; any other
@@ -47,6 +56,8 @@ export interface LoaderRules {
   unmatchedFail: boolean;
   /** Key prefixes the loader takes as something else (A1111 bundled embeddings). */
   extras?: readonly string[];
+  /** More keys than this left unmatched: the whole file is refused (Forge's networks.py: 12). */
+  maxUnmatched?: number;
 }
 
 /** Families of module names, each generated from SD 1.x/2.x layer paths in compat-check.ts. */
@@ -88,7 +99,13 @@ const COMFY_PARTS: Record<string, readonly string[]> = {
   diff: ["w_norm", "b_norm", "diff", "diff_b", "set_weight"],
 };
 
-/** ComfyUI's rules; Forge loads LoRAs through its copy of comfy/lora.py, so they are Forge's too. */
+/** Forge's packages_3rdparty/comfyui_lora_collection/lora.py load_lora: ComfyUI's parts less reshape_weight and set_weight. */
+const FORGE_PARTS: Record<string, readonly string[]> = {
+  ...COMFY_PARTS,
+  lora: [...LORA, "dora_scale"],
+  diff: ["w_norm", "b_norm", "diff", "diff_b"],
+};
+
 const COMFYUI: LoaderRules = {
   id: "comfyui",
   name: "ComfyUI",
@@ -118,7 +135,16 @@ export const LOADERS: readonly LoaderRules[] = [
     unmatchedFail: false,
     extras: ["bundle_emb."],
   },
-  { ...COMFYUI, id: "forge", name: "Forge" },
+  {
+    id: "forge",
+    name: "Forge",
+    split: "suffix",
+    parts: FORGE_PARTS,
+    names: COMFYUI.names.filter((n) => n !== "lycoris-diffusers"),
+    unknownPartsFail: false,
+    unmatchedFail: false,
+    maxUnmatched: 12,
+  },
   COMFYUI,
   {
     id: "diffusers",
