@@ -83,7 +83,8 @@ const commands: Record<string, Command> = {
     run: loraMathCommand,
   },
   "extract-lora": {
-    summary: "BASE TUNED OUT [--dim N --conv-dim N --clamp-quantile Q|none --min-diff D]: a LoRA by SVD",
+    summary:
+      "BASE TUNED OUT [--dim N --conv-dim N --clamp-quantile Q --min-diff D]: a LoRA by SVD (no clamp by default: the best rank-N fit; --clamp-quantile 0.99 is kohya's)",
     run: extractLoraCommand,
   },
   "resize-lora": {
