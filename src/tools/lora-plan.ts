@@ -114,7 +114,24 @@ export function shapeProblem(name: string, m: KohyaModule, shape: readonly numbe
   }
   if (!got) return `its kernel does not fit the layer's [${shape}]`;
   if (got[0] === out && got[1] === rest) return null;
-  return `its ΔW is [${got[0]}, ${got[1]}], the layer's weight [${shape}] is [${out}, ${rest}] (a LoRA for another base model, e.g. SD1 on SD2?)`;
+  return `its ΔW is [${got[0]}, ${got[1]}], the layer's weight [${shape}] is [${out}, ${rest}] (${baseGuess(got, [out, rest])})`;
+}
+
+/**
+ * The text-conditioning width tells SD 1.x from SD 2.x: 768 (CLIP ViT-L/14,
+ * SD 1.x's cross_attention_dim and text width) against 1024 (OpenCLIP ViT-H,
+ * SD 2.x's), as in the models' diffusers configs (unet/config.json
+ * cross_attention_dim, text_encoder/config.json hidden_size).
+ */
+const BASE_BY_WIDTH: Record<number, string> = { 768: "SD 1.x", 1024: "SD 2.x" };
+
+function baseGuess(lora: readonly number[], layer: readonly number[]): string {
+  for (const i of [1, 0]) {
+    const a = BASE_BY_WIDTH[lora[i]];
+    const b = BASE_BY_WIDTH[layer[i]];
+    if (a && b && a !== b) return `a LoRA for ${a} on an ${b} checkpoint: SD1 on SD2 and SD2 on SD1 do not mix`;
+  }
+  return "a LoRA for another base model?";
 }
 
 /**

@@ -196,8 +196,50 @@ test("real files: SD1 LoRAs of every format match every module of SD1.5; an SD2 
   }
   const sd2 = loadLoras([{ path: rw("sd2/diffusers_unet_dot_lora_r4_bf16_sd2.safetensors"), weight: 1 }]);
   try {
-    assert.throws(() => planMerge(sd2, weights), /attn2_to_k: its ΔW is \[\d+, 1024\].*\[\d+, 768\].*SD1 on SD2/);
+    assert.throws(
+      () => planMerge(sd2, weights),
+      /attn2_to_k: its ΔW is \[\d+, 1024\].*\[\d+, 768\].*a LoRA for SD 2\.x on an SD 1\.x checkpoint/,
+    );
   } finally {
     disposeAll(sd2.map((l) => l.modules));
+  }
+});
+
+/**
+ * SD 2.x's UNet shapes for the layers a LoRA touches, from SD1.5's: the same
+ * blocks with cross_attention_dim 1024 (attn2 to_k / to_v take [out, 1024]);
+ * the text encoder's width 1024 (OpenCLIP ViT-H as diffusers converts it).
+ */
+function sd2Shapes() {
+  const s = sd15Shapes();
+  for (const [k, v] of s.unet) if (/attn2\.to_[kv]\.weight$/.test(k)) s.unet.set(k, [v[0], 1024]);
+  for (const [k, v] of s.textEncoder)
+    s.textEncoder.set(
+      k,
+      v.map((d) => (d === 768 ? 1024 : d === 3072 ? 4096 : d)),
+    );
+  return s;
+}
+
+test("an SD1 LoRA on an SD2 checkpoint: refused naming the module and both bases", () => {
+  const weights = layerWeights(sd2Shapes());
+  const rw = (p: string) => join(sharedFixture(".."), "realworld", p);
+  for (const [p, module] of [
+    ["sd1/diffusers_unet_dot_lora_r4_flower.safetensors", /attn2_to_[kv]/],
+    [
+      "sd1/peft_text_encoder_qv_r8/adapter_model.safetensors",
+      /lora_te_text_model_encoder_layers_\d+_self_attn_[qv]_proj/,
+    ],
+  ] as const) {
+    const loras = loadLoras([{ path: rw(p), weight: 1 }]);
+    try {
+      assert.throws(
+        () => planMerge(loras, weights),
+        (e: Error) => module.test(e.message) && /a LoRA for SD 1\.x on an SD 2\.x checkpoint/.test(e.message),
+        p,
+      );
+    } finally {
+      disposeAll(loras.map((l) => l.modules));
+    }
   }
 });
