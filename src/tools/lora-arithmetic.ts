@@ -108,10 +108,18 @@ export function svdMergeLoras(
     ["conv rank", o.convRank ?? o.rank],
   ] as const)
     if (!Number.isInteger(r) || r < 1) throw new LoraToolError(`${what} ${r}: must be a whole number ≥ 1`);
+  const modules = [...modulesByName(inputs)].map(([name, list]) => ({
+    name,
+    list,
+    shape: loraWeightShape(name, list[0].m),
+  }));
+  // kohya caps each module at min(rank, in, out); a rank no layer reaches is a mistake, not a cap
+  const maxLayerRank = Math.max(...modules.map((m) => Math.min(m.shape[0], m.shape[1])));
+  if (modules.length > 0 && Math.min(o.rank, o.convRank ?? o.rank) > maxLayerRank)
+    throw new LoraToolError(`rank ${o.rank} is above every layer's rank (the largest min(in, out) is ${maxLayerRank})`);
   const out: KohyaLora = new Map();
   const report: SvdMergedModule[] = [];
-  for (const [name, list] of modulesByName(inputs)) {
-    const shape = loraWeightShape(name, list[0].m);
+  for (const { name, list, shape } of modules) {
     const r = scope(() => {
       let W: Tensor | null = null;
       for (const { m, weight } of list) {
