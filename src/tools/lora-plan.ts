@@ -114,7 +114,8 @@ export function shapeProblem(name: string, m: KohyaModule, shape: readonly numbe
   }
   if (!got) return `its kernel does not fit the layer's [${shape}]`;
   if (got[0] === out && got[1] === rest) return null;
-  return `its ΔW is [${got[0]}, ${got[1]}], the layer's weight [${shape}] is [${out}, ${rest}] (${baseGuess(got, [out, rest])})`;
+  const layer = shape.length > 2 ? `[${shape}] (as a matrix [${out}, ${rest}])` : `[${out}, ${rest}]`;
+  return `its ΔW is [${got[0]}, ${got[1]}], the layer's weight is ${layer} (${baseGuess(got, [out, rest])})`;
 }
 
 /**
