@@ -86,6 +86,8 @@ export interface ExperimentResult {
   artifact: string;
   /** Pivotal tuning: the LoRA file beside the embedding (artifact). */
   loraArtifact?: string;
+  /** Textual Inversion of several subjects (one run each): every subject's word and embedding file. */
+  embeddings?: { word: string; path: string }[];
   kind: ExperimentKind;
   losses: StepRecord[];
   seconds: number;
@@ -107,6 +109,7 @@ export async function runExperiment(
   spec: ExperimentSpec,
   o: { base: string; out: string; log?: (m: string) => void; quiet?: boolean },
 ): Promise<ExperimentResult> {
+  if (spec.method === "textual_inversion" && spec.subjects.length > 1) return runEmbeddings(spec, o);
   const outputDir = join(o.out, "runs", spec.name);
   mkdirSync(outputDir, { recursive: true });
   const concepts = (spec.oneConcept ? [spec.subjects[0]] : spec.subjects).map((s) => {
@@ -211,6 +214,21 @@ export async function runExperiment(
   };
 }
 
+/** Textual Inversion of several subjects: one run per subject (its own word), the embeddings used together. */
+async function runEmbeddings(spec: ExperimentSpec, o: Parameters<typeof runExperiment>[1]): Promise<ExperimentResult> {
+  const parts: ExperimentResult[] = [];
+  for (const s of spec.subjects)
+    parts.push(await runExperiment({ ...spec, name: join(spec.name, s.token), subjects: [s] }, o));
+  return {
+    ...parts[0],
+    spec,
+    outputDir: join(o.out, "runs", spec.name),
+    embeddings: parts.map((r) => ({ word: r.spec.subjects[0].token, path: r.artifact })),
+    losses: parts.flatMap((r) => r.losses),
+    seconds: parts.reduce((a, r) => a + r.seconds, 0),
+  };
+}
+
 /**
  * Runs `f` with the experiment's model: its own (loaded once, freed after), or
  * the base with its LoRA or hypernetwork attached; for an embedding (and
@@ -225,7 +243,8 @@ export function withExperimentModel<T>(
     const db = new EmbeddingDatabase(base.tokenizer, base.textEncoder.config.hiddenSize);
     const network = result.loraArtifact ? loadLora(base, result.loraArtifact, { multiplier: 1 }) : null;
     try {
-      db.add({ ...loadEmbeddingFile(result.artifact), name: result.spec.subjects[0].token });
+      const files = result.embeddings ?? [{ word: result.spec.subjects[0].token, path: result.artifact }];
+      for (const e of files) db.add({ ...loadEmbeddingFile(e.path), name: e.word });
       return f(base, db);
     } finally {
       network?.remove();

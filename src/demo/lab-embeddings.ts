@@ -6,7 +6,9 @@
 //     (the embedding and a UNet LoRA together), against Dreambooth and LoRA;
 //  6. "Textual Inversion needs cleaner pictures": TI and Dreambooth each on
 //     the subject's pictures degraded with noise and a colour cast (as the
-//     dirty class pictures of claim 2), against the same runs on clean ones.
+//     dirty class pictures of claim 2), against the same runs on clean ones;
+//  4. two subjects as two embeddings (one TI run each, used together) bleed
+//     less than two subjects in one Dreambooth run (lab.ts's two-concepts).
 // The embedding's word cannot be `sks`: that is one token of the tokenizer's
 // vocabulary and an embedding may not replace it (diffusers refuses such
 // words), so the TI rows use `sks-ti`, trained on the template line
@@ -18,10 +20,12 @@ import { type Image, writeSceneFolder } from "../shapes/world.js";
 import type { ExperimentSpec, SubjectData } from "./experiment.js";
 
 /** The runs this file adds to the lab, in the order they run. */
-export const EMBEDDING_RUNS = ["ti", "hypernet", "pivotal", "ti-noisy", "db-noisy"] as const;
+export const EMBEDDING_RUNS = ["ti", "hypernet", "pivotal", "ti-noisy", "db-noisy", "ti-two"] as const;
 
 /** The word of the Textual Inversion rows (a new word: `sks` is in the vocabulary). */
 export const TI_WORD = "sks-ti";
+/** The second subject's embedding word (`zwx` is one token too). */
+export const TI_WORD_2 = "zwx-ti";
 
 const EMBEDDING = { initText: "star", vectors: 2, templates: ["a [name] star"] };
 
@@ -47,10 +51,11 @@ function writeNoisySubject(dir: string, s: SubjectData): SubjectData {
 export function embeddingSpecs(
   data: string,
   sks: SubjectData,
+  zwx: SubjectData,
   db: Pick<ExperimentSpec, "steps" | "batch" | "seed" | "learningRate" | "trainTextEncoder">,
 ): (ExperimentSpec & { claim: number })[] {
   const noisy = writeNoisySubject(join(data, "sks-noisy"), sks);
-  const word = (s: SubjectData): SubjectData => ({ ...s, token: TI_WORD });
+  const word = (s: SubjectData, token = TI_WORD): SubjectData => ({ ...s, token });
   // Above A1111's defaults (5e-3 for an embedding, 1e-5 for a hypernetwork), which are tuned for
   // thousands of steps at batch 1; these runs have 300 at batch 4 (docs/lab.md has what they reached).
   const ti = {
@@ -93,6 +98,13 @@ export function embeddingSpecs(
       method: "dreambooth",
       subjects: [noisy],
       classImages: 0,
+    },
+    {
+      ...ti,
+      claim: 4,
+      name: "ti-two",
+      label: "sks + zwx as two embeddings (a TI run each)",
+      subjects: [word(sks), word(zwx, TI_WORD_2)],
     },
   ];
 }

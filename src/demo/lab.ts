@@ -192,7 +192,7 @@ export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim:
       classDir: clean,
       oneConcept: join(data, "joint-captioned"),
     },
-    ...embeddingSpecs(data, sks, db),
+    ...embeddingSpecs(data, sks, zwx, db),
   ];
 }
 
