@@ -4,6 +4,9 @@
 // The demo runs two of these; the lab (lab.ts) runs many.
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { loadEmbeddingFile } from "../adapters/embedding-file.js";
+import { EmbeddingDatabase } from "../adapters/embeddings.js";
+import { applyHypernetworks, loadHypernetwork } from "../adapters/hypernetwork.js";
 import { loadLora } from "../adapters/network.js";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
 import type { PromptSamples } from "../eval/score.js";
@@ -51,7 +54,8 @@ export interface ExperimentSpec {
   name: string;
   /** One line for tables: what this run changes. */
   label: string;
-  method: "dreambooth" | "lora";
+  /** pivotal = textual_inversion with a UNet LoRA (textual_inversion.lora_rank). */
+  method: "dreambooth" | "lora" | "textual_inversion" | "hypernetwork" | "pivotal";
   subjects: SubjectData[];
   /** Class images per class (prior preservation), or 0 for none. */
   classImages: number;
@@ -68,13 +72,23 @@ export interface ExperimentSpec {
   priorLossWeight?: number;
   /** Train the subjects as one concept (one folder of captioned pictures) instead of one concept each. */
   oneConcept?: string;
+  /** Textual Inversion / pivotal: the new word (subjects[0].token), its init text and template lines. */
+  embedding?: { initText: string; vectors: number; templates: string[] };
+  /** Pivotal tuning: the LoRA's learning rate (learningRate is the embedding's). */
+  loraLearningRate?: number;
 }
+
+export type ExperimentKind = "checkpoint" | "lora" | "embedding" | "hypernetwork" | "pivotal";
 
 export interface ExperimentResult {
   spec: ExperimentSpec;
   outputDir: string;
   artifact: string;
-  kind: "checkpoint" | "lora";
+  /** Pivotal tuning: the LoRA file beside the embedding (artifact). */
+  loraArtifact?: string;
+  /** Textual Inversion of several subjects (one run each): every subject's word and embedding file. */
+  embeddings?: { word: string; path: string }[];
+  kind: ExperimentKind;
   losses: StepRecord[];
   seconds: number;
   settings: Record<string, string | number | boolean>;
@@ -95,6 +109,7 @@ export async function runExperiment(
   spec: ExperimentSpec,
   o: { base: string; out: string; log?: (m: string) => void; quiet?: boolean },
 ): Promise<ExperimentResult> {
+  if (spec.method === "textual_inversion" && spec.subjects.length > 1) return runEmbeddings(spec, o);
   const outputDir = join(o.out, "runs", spec.name);
   mkdirSync(outputDir, { recursive: true });
   const concepts = (spec.oneConcept ? [spec.subjects[0]] : spec.subjects).map((s) => {
@@ -124,10 +139,36 @@ export async function runExperiment(
     prior_preservation: spec.classImages > 0,
     class_images: spec.classImages,
     ...(spec.method === "lora" ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0 } : {}),
+    ...(spec.method === "pivotal" ? { rank: spec.rank ?? 8, lora_lr: spec.loraLearningRate ?? 1e-4 } : {}),
+    ...(spec.embedding ? { init_text: spec.embedding.initText, vectors: spec.embedding.vectors } : {}),
   };
+  const ti = spec.method === "textual_inversion" || spec.method === "pivotal";
+  if (ti && !spec.embedding) throw new Error(`${spec.name}: a ${spec.method} run needs its embedding settings`);
+  const methodConfig = ti
+    ? {
+        textual_inversion: {
+          token: spec.subjects[0].token,
+          init_text: spec.embedding!.initText,
+          vectors: spec.embedding!.vectors,
+          templates: spec.embedding!.templates,
+          ...(spec.method === "pivotal" ? { lora_rank: spec.rank ?? 8, lora_lr: spec.loraLearningRate ?? 1e-4 } : {}),
+        },
+      }
+    : spec.method === "hypernetwork"
+      ? { hypernetwork: { name: spec.name } }
+      : spec.method === "lora"
+        ? { lora: { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, text_encoder: spec.trainTextEncoder } }
+        : {};
+  const format = ti
+    ? "embedding_pt"
+    : spec.method === "hypernetwork"
+      ? "hypernetwork_pt"
+      : spec.method === "lora"
+        ? "lora"
+        : "diffusers";
   const config = loadTrainConfig({
     model: o.base,
-    method: spec.method,
+    method: ti ? "textual_inversion" : spec.method,
     output_dir: outputDir,
     resolution: 64,
     batch_size: spec.batch,
@@ -136,26 +177,36 @@ export async function runExperiment(
     lr_scheduler: "constant_with_warmup",
     lr_warmup_steps: Math.min(20, Math.floor(spec.steps / 10)),
     seed: spec.seed,
-    train_text_encoder: spec.trainTextEncoder,
+    ...(ti || spec.method === "hypernetwork" ? {} : { train_text_encoder: spec.trainTextEncoder }),
     prior_loss_weight: spec.priorLossWeight ?? 1,
     max_grad_norm: 1,
     cache_latents: true,
     concepts,
-    ...(spec.method === "lora"
-      ? { lora: { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, text_encoder: spec.trainTextEncoder } }
-      : {}),
-    save: { formats: [spec.method === "lora" ? "lora" : "diffusers"], state: false },
+    ...methodConfig,
+    save: { formats: [format], state: false },
   });
   const start = performance.now();
   const quietOut = { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream;
   const r = await train(config, { log: o.log, progressOut: o.quiet ? quietOut : undefined });
-  const kind = spec.method === "lora" ? "lora" : "checkpoint";
-  const artifact = r.manifest.latest(kind === "lora" ? "lora" : "diffusers") ?? r.manifest.latest(kind);
-  if (!artifact) throw new Error(`${spec.name}: the run wrote no ${kind}`);
+  const kind: ExperimentKind =
+    spec.method === "lora"
+      ? "lora"
+      : spec.method === "dreambooth"
+        ? "checkpoint"
+        : spec.method === "textual_inversion"
+          ? "embedding"
+          : spec.method;
+  const artifactKind = kind === "pivotal" ? "embedding" : kind;
+  const artifact =
+    (kind === "checkpoint" ? r.manifest.latest("diffusers") : undefined) ?? r.manifest.latest(artifactKind);
+  if (!artifact) throw new Error(`${spec.name}: the run wrote no ${artifactKind}`);
+  const lora = kind === "pivotal" ? r.manifest.latest("lora") : undefined;
+  if (kind === "pivotal" && !lora) throw new Error(`${spec.name}: the pivotal run wrote no LoRA`);
   return {
     spec,
     outputDir,
     artifact: join(outputDir, artifact.path),
+    ...(lora ? { loraArtifact: join(outputDir, lora.path) } : {}),
     kind,
     losses: r.losses,
     seconds: (performance.now() - start) / 1000,
@@ -163,12 +214,53 @@ export async function runExperiment(
   };
 }
 
-/** Runs `f` with the experiment's model: its own (loaded once, freed after), or the base with its LoRA attached. */
+/** Textual Inversion of several subjects: one run per subject (its own word), the embeddings used together. */
+async function runEmbeddings(spec: ExperimentSpec, o: Parameters<typeof runExperiment>[1]): Promise<ExperimentResult> {
+  const parts: ExperimentResult[] = [];
+  for (const s of spec.subjects)
+    parts.push(await runExperiment({ ...spec, name: join(spec.name, s.token), subjects: [s] }, o));
+  return {
+    ...parts[0],
+    spec,
+    outputDir: join(o.out, "runs", spec.name),
+    embeddings: parts.map((r) => ({ word: r.spec.subjects[0].token, path: r.artifact })),
+    losses: parts.flatMap((r) => r.losses),
+    seconds: parts.reduce((a, r) => a + r.seconds, 0),
+  };
+}
+
+/**
+ * Runs `f` with the experiment's model: its own (loaded once, freed after), or
+ * the base with its LoRA or hypernetwork attached; for an embedding (and
+ * pivotal tuning) `f` also gets the embedding's word to put in prompts.
+ */
 export function withExperimentModel<T>(
   result: ExperimentResult,
   base: StableDiffusion,
-  f: (m: StableDiffusion) => T,
+  f: (m: StableDiffusion, embeddings?: EmbeddingDatabase) => T,
 ): T {
+  if (result.kind === "embedding" || result.kind === "pivotal") {
+    const db = new EmbeddingDatabase(base.tokenizer, base.textEncoder.config.hiddenSize);
+    const network = result.loraArtifact ? loadLora(base, result.loraArtifact, { multiplier: 1 }) : null;
+    try {
+      const files = result.embeddings ?? [{ word: result.spec.subjects[0].token, path: result.artifact }];
+      for (const e of files) db.add({ ...loadEmbeddingFile(e.path), name: e.word });
+      return f(base, db);
+    } finally {
+      network?.remove();
+      db.dispose();
+    }
+  }
+  if (result.kind === "hypernetwork") {
+    const hn = loadHypernetwork(result.artifact);
+    const applied = applyHypernetworks(base.unet, [hn]);
+    try {
+      return f(base);
+    } finally {
+      applied.remove();
+      hn.dispose();
+    }
+  }
   if (result.kind === "lora") {
     const network = loadLora(base, result.artifact, { multiplier: 1 });
     try {
@@ -192,5 +284,7 @@ export function sampleExperiment(
   subjects: readonly EvalSubject[],
   options: EvalOptions,
 ): PromptSamples[] {
-  return withExperimentModel(result, base, (m) => evaluateModel(m, subjects, options, result.spec.name));
+  return withExperimentModel(result, base, (m, embeddings) =>
+    evaluateModel(m, subjects, embeddings ? { ...options, embeddings } : options, result.spec.name),
+  );
 }

@@ -7,7 +7,8 @@
 //     with clean vs degraded (noise + colour cast) class pictures;
 //  3. LoRA overfits less but varies less: LoRA vs Dreambooth, both without prior;
 //  4. two subjects trained together bleed into each other; defining them as one
-//     concept, or cleaner captions (backgrounds named), changes that.
+//     concept, or cleaner captions (backgrounds named), changes that;
+//  5, 6. Textual Inversion, hypernetworks and pivotal tuning (lab-embeddings.ts).
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
@@ -37,6 +38,7 @@ import {
   sampleExperiment,
   writeSubject,
 } from "./experiment.js";
+import { EMBEDDING_RUNS, embeddingSpecs } from "./lab-embeddings.js";
 
 /** The lab's second subject: a blue star with a yellow dot, of the same class as the first. */
 export const SECOND_SUBJECT: SubjectDefinition = {
@@ -106,6 +108,7 @@ export const LAB_RUNS = [
   "two-concepts",
   "one-concept",
   "one-concept-captioned",
+  ...EMBEDDING_RUNS,
 ] as const;
 
 export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim: number })[] {
@@ -189,6 +192,7 @@ export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim:
       classDir: clean,
       oneConcept: join(data, "joint-captioned"),
     },
+    ...embeddingSpecs(data, sks, zwx, db),
   ];
 }
 

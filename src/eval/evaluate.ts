@@ -3,6 +3,7 @@
 // the very same seeds, read every sample with the shapes analyser, and score
 // both (score.ts) into one report. Samples come as 8-bit pixels
 // (src/infer/generate-rgb.ts), so no tensor outlives a batch.
+import type { EmbeddingLookup } from "../adapters/embeddings.js";
 import { loadLora } from "../adapters/network.js";
 import { generateRgb } from "../infer/generate-rgb.js";
 import { latentScale } from "../infer/txt2img.js";
@@ -27,11 +28,13 @@ export interface EvalOptions {
   /** Image size (default the model's own, 64 for the shapes base). */
   width?: number;
   height?: number;
+  /** Textual-inversion embeddings the prompts' words may name (a trained embedding's word). */
+  embeddings?: EmbeddingLookup;
   /** Called after each batch: batches done, batches in all, which model and prompt. */
   onProgress?: (done: number, total: number, what: string) => void;
 }
 
-export type EvalSettings = Required<Omit<EvalOptions, "onProgress">>;
+export type EvalSettings = Required<Omit<EvalOptions, "onProgress" | "embeddings">>;
 
 /** The options with defaults filled in and checked (sizes default to `model`'s). */
 export function resolveEvalOptions(model: StableDiffusion, o: EvalOptions = {}): EvalSettings {
@@ -95,6 +98,7 @@ export function evaluateModel(
         sampler: s.sampler,
         width: s.width,
         height: s.height,
+        ...(o.embeddings ? { embeddings: o.embeddings } : {}),
       });
       for (const img of rgb) {
         samples.push(analyse(img));
