@@ -6,12 +6,21 @@
 // * a dict of one tensor: `emb_params` [n, H] (kohya sd-scripts
 //   train_textual_inversion.py `save_weights`, .pt or .safetensors) or
 //   diffusers' `learned_embeds` {'<token>': [H]} (.bin / .safetensors).
+// * the LDM textual_inversion repo's `.pt` (EmbeddingManager.save):
+//   {string_to_token, string_to_param} where string_to_param is a pickled
+//   nn.ParameterDict, read through its `_parameters` as A1111's
+//   `create_embedding_from_data` does (`getattr(param_dict, '_parameters',
+//   param_dict)`); no name or step;
+// * a bare tensor saved with torch.save ([n, H] or [H]): A1111 refuses it
+//   ("Couldn't identify … as neither textual inversion embedding nor diffuser
+//   concept"), Atelier reads the one tensor.
 // The prompt word is the file's stem (A1111 names an embedding after its
 // file, whatever `name` inside says).
 import { existsSync } from "node:fs";
 import { basename, extname } from "node:path";
 import { disposeAll, scope, type Tensor } from "../engine/index.js";
 import { loadTorchFile } from "../formats/ckpt.js";
+import { PyObject } from "../formats/pickle-allow.js";
 import { PtTensor, savePt } from "../formats/pt-write.js";
 import { loadSafetensors, saveSafetensors } from "../formats/safetensors.js";
 
@@ -31,10 +40,13 @@ export interface TextualEmbedding {
   /** The file it came from, if any. */
   path?: string;
   /** Which layout the file had. */
-  layout: "a1111" | "emb_params" | "diffusers";
+  layout: "a1111" | "ldm" | "emb_params" | "diffusers" | "tensor";
 }
 
 export const EMBEDDING_EXTENSIONS = [".pt", ".bin", ".safetensors"] as const;
+
+/** The key a bare tensor file's one tensor is kept under while it is read. */
+const BARE = Symbol("bare tensor");
 
 /** A1111's `string_to_token` constant (Embedding.save writes {'*': 265} whatever the token). */
 const A1111_STRING_TO_TOKEN = 265;
@@ -84,11 +96,12 @@ export function loadEmbeddingFile(path: string): TextualEmbedding {
       const tree = loadTorchFile(path);
       const walk = (v: unknown): void => {
         if (isTensor(v)) made.push(v);
+        else if (v instanceof PyObject) walk(v.state);
         else if (v instanceof Map) for (const x of v.values()) walk(x);
         else if (Array.isArray(v)) for (const x of v) walk(x);
       };
       walk(tree);
-      root = dictOf(path, tree);
+      root = isTensor(tree) ? new Map<unknown, unknown>([[BARE, tree]]) : dictOf(path, tree);
     }
   } catch (e) {
     disposeAll(made);
@@ -98,7 +111,15 @@ export function loadEmbeddingFile(path: string): TextualEmbedding {
   }
   try {
     if (root.has("string_to_param")) {
-      const params = root.get("string_to_param");
+      let params = root.get("string_to_param");
+      const ldm = params instanceof PyObject;
+      if (params instanceof PyObject) {
+        // an nn.ParameterDict: its parameters are the `_parameters` dict of its state
+        const state = params.state;
+        params = state instanceof Map ? state.get("_parameters") : undefined;
+        if (!(params instanceof Map))
+          throw new EmbeddingFileError(`${path}: string_to_param is a ParameterDict without _parameters`);
+      }
       if (!(params instanceof Map) || params.size !== 1)
         throw new EmbeddingFileError(
           `${path}: string_to_param must hold exactly one tensor (the file has ${params instanceof Map ? params.size : "no dict of"} terms)`,
@@ -112,7 +133,7 @@ export function loadEmbeddingFile(path: string): TextualEmbedding {
         sdCheckpoint: str(root.get("sd_checkpoint")),
         sdCheckpointName: str(root.get("sd_checkpoint_name")),
         path,
-        layout: "a1111",
+        layout: ldm ? "ldm" : "a1111",
       };
     }
     if (root.has("clip_g") && root.has("clip_l"))
@@ -127,12 +148,12 @@ export function loadEmbeddingFile(path: string): TextualEmbedding {
     if (!isTensor(t)) throw new EmbeddingFileError(`${path}: entry ${String(key)} is not a tensor`);
     return {
       name,
-      vectors: vectorsOf(path, t, String(key)),
+      vectors: vectorsOf(path, t, key === BARE ? "the file's tensor" : String(key)),
       step: null,
       sdCheckpoint: null,
       sdCheckpointName: null,
       path,
-      layout: key === "emb_params" ? "emb_params" : "diffusers",
+      layout: key === BARE ? "tensor" : key === "emb_params" ? "emb_params" : "diffusers",
     };
   } finally {
     disposeAll(made);

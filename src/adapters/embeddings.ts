@@ -122,7 +122,10 @@ export class EmbeddingDatabase implements EmbeddingLookup {
    * it). Files that cannot be read or do not fit are kept as refusals, so
    * one bad file does not stop the others. Returns the words loaded and refused.
    */
-  loadDir(dir: string): { loaded: string[]; refused: { name: string; path: string; reason: string }[] } {
+  loadDir(
+    dir: string,
+    o: { refuseWordClash?: boolean } = {},
+  ): { loaded: string[]; refused: { name: string; path: string; reason: string }[] } {
     if (!existsSync(dir) || !statSync(dir).isDirectory())
       throw new EmbeddingError(`embeddings folder ${dir} does not exist`);
     const loaded: string[] = [];
@@ -138,6 +141,13 @@ export class EmbeddingDatabase implements EmbeddingLookup {
         continue;
       }
       seen.set(name, path);
+      const clash = o.refuseWordClash ? embeddingWordClash(this.tokenizer, name) : undefined;
+      if (clash !== undefined) {
+        const reason = `${path}: ${clash}`;
+        this.refuse(name, reason);
+        refused.push({ name, path, reason });
+        continue;
+      }
       try {
         this.add(loadEmbeddingFile(path));
         loaded.push(name);
@@ -168,6 +178,29 @@ export class EmbeddingDatabase implements EmbeddingLookup {
     this.#byName.clear();
     this.#byFirst.clear();
   }
+}
+
+/**
+ * The embeddings of the folders `dirs` for a text encoder of `width`, as
+ * `--embeddings-dir` loads them: a missing folder is an error; files that
+ * cannot be read, do not fit the width, or whose word is one vocabulary token
+ * (when `refuseWordClash`) are refusals naming the file, so a prompt that
+ * uses such a word fails with that reason.
+ */
+export function loadEmbeddingDirs(
+  tokenizer: ClipTokenizer,
+  width: number,
+  dirs: readonly string[],
+  o: { refuseWordClash?: boolean } = {},
+): EmbeddingDatabase {
+  const db = new EmbeddingDatabase(tokenizer, width);
+  try {
+    for (const d of dirs) db.loadDir(d, o);
+  } catch (e) {
+    db.dispose();
+    throw e;
+  }
+  return db;
 }
 
 function widthKind(width: number): string {

@@ -4,7 +4,7 @@
 // `load_hypernetworks`): NAME is the stem of a .pt anywhere under the
 // hypernetworks folders (A1111's models/hypernetworks); the named files are
 // loaded, given their multipliers and chained on the UNet's attentions.
-import { readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { basename, extname, isAbsolute, join } from "node:path";
 import { applyHypernetworks, type Hypernetwork, loadHypernetwork } from "./hypernetwork.js";
 import type { PromptNetwork } from "./prompt-loras.js";
@@ -32,10 +32,17 @@ function ptFilesBelow(dir: string, depth = 0): string[] {
   return out;
 }
 
+/** A hypernetwork folder that is not there is an error naming it (before anything runs). */
+export function checkHypernetworkDirs(dirs: readonly string[]): void {
+  for (const d of dirs)
+    if (!existsSync(d) || !statSync(d).isDirectory()) throw new Error(`hypernetwork folder ${d} does not exist`);
+}
+
 /** The .pt whose stem is `name` in the hypernetwork folders (subfolders too); an error lists where it looked. */
 export function findHypernetworkFile(name: string, dirs: readonly string[]): string {
   if (name === "" || name.includes("\0") || isAbsolute(name) || /[\\/]/.test(name))
     throw new Error(`invalid hypernetwork name '${name}'`);
+  checkHypernetworkDirs(dirs);
   for (const dir of dirs) {
     const hit = ptFilesBelow(dir).find((p) => basename(p, extname(p)) === name);
     if (hit) return hit;

@@ -39,7 +39,7 @@ const commands: Record<string, Command> = {
   },
   generate: {
     summary:
-      "text to image: --model PATH --prompt TEXT [--negative --sampler --steps --cfg --seed --width --height --batch --out] [--upscaler MODEL --noise-level N --upscaler-steps N --upscaler-cfg X]",
+      "text to image: --model PATH --prompt TEXT [--negative --sampler --steps --cfg --seed --width --height --batch --out] [--lora-dir DIR --embeddings-dir DIR --hypernetwork-dir DIR] [--upscaler MODEL --noise-level N --upscaler-steps N --upscaler-cfg X]",
     run: generate,
   },
   upscale: { summary: UPSCALE_SUMMARY, run: upscaleCommand },

@@ -1,4 +1,6 @@
 // atelier generate | convert | inspect: flags → library calls.
+import { type EmbeddingDatabase, loadEmbeddingDirs } from "../adapters/embeddings.js";
+import { checkHypernetworkDirs } from "../adapters/prompt-hypernetworks.js";
 import type { DType } from "../engine/index.js";
 import { generateRgb } from "../infer/generate-rgb.js";
 import { checkImageOut, saveImages, saveLatent } from "../infer/save-images.js";
@@ -31,6 +33,8 @@ export function generate(argv: string[]): number {
       out: { type: "string" },
       "save-latent": { type: "string" },
       "lora-dir": { type: "string", multiple: true },
+      "embeddings-dir": { type: "string", multiple: true },
+      "hypernetwork-dir": { type: "string", multiple: true },
       ...UPSCALER_FLAGS,
     },
     { min: 0, max: 0, names: "only flags" },
@@ -51,7 +55,11 @@ export function generate(argv: string[]): number {
     clipSkip: num(values, "clip-skip", { integer: true, min: 1 }),
     // <lora:NAME:…> tags in the prompts are applied from these folders (A1111's models/Lora)
     loraDirs: (values["lora-dir"] as unknown as string[] | undefined) ?? [],
+    // <hypernet:NAME:m> tags from these folders (A1111's --hypernetwork-dir)
+    hypernetworkDirs: (values["hypernetwork-dir"] as unknown as string[] | undefined) ?? [],
   };
+  checkHypernetworkDirs(options.hypernetworkDirs);
+  const embeddingDirs = (values["embeddings-dir"] as unknown as string[] | undefined) ?? [];
   const out = str(values, "out") ?? "atelier.png";
   checkImageOut(out);
   const latentPath = str(values, "save-latent");
@@ -59,17 +67,35 @@ export function generate(argv: string[]): number {
     device: str(values, "device"),
     tokenizerDir: str(values, "tokenizer"),
   });
+  // the prompt's words from these folders (A1111's --embeddings-dir); a word that is a
+  // vocabulary token, a file of the wrong width or an unreadable one fails the prompt using it
+  let embeddings: EmbeddingDatabase | undefined;
+  try {
+    embeddings = embeddingDirs.length
+      ? loadEmbeddingDirs(model.tokenizer, model.textEncoder.config.hiddenSize, embeddingDirs, {
+          refuseWordClash: true,
+        })
+      : undefined;
+  } catch (e) {
+    disposeStableDiffusion(model);
+    throw e;
+  }
+  const release = () => {
+    embeddings?.dispose();
+    disposeStableDiffusion(model);
+  };
   if (str(values, "upscaler") !== undefined) {
     try {
-      return generateWithUpscaler(model, values, { ...options, onLatents: undefined }, out, latentPath);
+      return generateWithUpscaler(model, values, { ...options, embeddings, onLatents: undefined }, out, latentPath);
     } finally {
-      disposeStableDiffusion(model);
+      release();
     }
   }
   try {
     const started = Date.now();
     const result = generateRgb(model, {
       ...options,
+      embeddings,
       // redrawn in place on a terminal; a line per step in a log
       onStep: (i, n) =>
         process.stderr.write(process.stderr.isTTY ? `\rstep ${i}/${n}${i === n ? "\n" : ""}` : `step ${i}/${n}\n`),
@@ -83,7 +109,7 @@ export function generate(argv: string[]): number {
     for (const p of paths) console.log(`wrote ${p}`);
     if (latentPath) console.log(`wrote ${latentPath}`);
   } finally {
-    disposeStableDiffusion(model);
+    release();
   }
   return 0;
 }

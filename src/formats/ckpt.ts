@@ -17,7 +17,7 @@ import {
   isFloating,
   type Tensor,
 } from "../engine/index.js";
-import { PickleError, type StorageRef, TensorRef, torchPersistentLoad, unpickle } from "./pickle.js";
+import { PickleError, PyObject, type StorageRef, TensorRef, torchPersistentLoad, unpickle } from "./pickle.js";
 import { type ZipEntry, ZipError, ZipFile } from "./zip.js";
 
 export class CkptError extends Error {
@@ -510,6 +510,12 @@ export function loadTorchFile(path: string, o: CkptGetOptions = {}): unknown {
       const t = a.tensor(v, o);
       made.push(t);
       return t;
+    }
+    if (v instanceof PyObject) {
+      // an inert allowed instance (an nn.ParameterDict): its state's tensors are loaded too
+      const out = new PyObject(v.cls, v.args);
+      out.state = walk(v.state);
+      return out;
     }
     if (typeof v !== "object" || v === null || !(v instanceof Map || Array.isArray(v))) return v;
     const done = seen.get(v);

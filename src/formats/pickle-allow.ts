@@ -155,6 +155,9 @@ const ALLOWED = new Map<string, Impl | null>([
       return call(fn, inner);
     },
   ],
+  // The LDM textual_inversion repo saves string_to_param as an nn.ParameterDict; A1111's
+  // modules/safe.py allows this one module class (kept inert: its state is data).
+  ["torch.nn.modules.container.ParameterDict", null],
   ["torch.Tensor", null],
   ["torch.nn.parameter.Parameter", null],
   ["torch.Size", (args) => dims(args[0] ?? [], "torch.Size")],

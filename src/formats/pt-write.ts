@@ -40,6 +40,16 @@ export class PtTensor {
   ) {}
 }
 
+/**
+ * A `torch.nn.ParameterDict` pickled as Python pickles a module (GLOBAL,
+ * NEWOBJ, then BUILD with its `__dict__`): what the LDM textual_inversion
+ * repo's EmbeddingManager.save writes as `string_to_param`. ParameterDict is
+ * the one module class A1111's modules/safe.py allows.
+ */
+export class PyParameterDict {
+  constructor(readonly state: ReadonlyMap<PtKey, PtValue>) {}
+}
+
 export type PtKey = string | number;
 export type PtValue =
   | Tensor
@@ -47,6 +57,7 @@ export type PtValue =
   | PyFloat
   | PyTuple
   | PyOrderedDict
+  | PyParameterDict
   | ReadonlyMap<PtKey, PtValue>
   | readonly PtValue[]
   | { readonly [key: string]: PtValue }
@@ -71,6 +82,7 @@ const STORAGE_OF: Partial<Record<DType, string>> = {
 export const WRITTEN_GLOBALS: readonly string[] = [
   "collections.OrderedDict",
   "torch._utils._rebuild_tensor_v2",
+  "torch.nn.modules.container.ParameterDict",
   ...Object.values(STORAGE_OF).map((s) => `torch.${s}`),
 ];
 
@@ -261,6 +273,12 @@ function pickleTree(root: PtValue, path: string): { pkl: Buffer; storages: Stora
         p.global("collections", "OrderedDict");
         p.op(0x29, 0x52);
         dictItems(v.entries, where);
+      } else if (v instanceof PyParameterDict) {
+        p.global("torch.nn.modules.container", "ParameterDict");
+        p.op(0x29, 0x81); // EMPTY_TUPLE, NEWOBJ
+        p.op(0x7d); // the module's __dict__
+        dictItems(v.state, where);
+        p.op(0x62); // BUILD
       } else if (v instanceof Map) {
         p.op(0x7d); // EMPTY_DICT
         dictItems(v, where);

@@ -89,6 +89,14 @@ const SAMPLE_FIELDS = {
   cfg: f.number({ min: 0, max: 50, default: 7, doc: "classifier-free guidance scale" }),
   sampler: f.oneOf(SAMPLER_NAMES, { auto: "the workspace model's scheduler, else euler_a", doc: "sampler" }),
   seed: f.int({ min: 0, max: 2 ** 32 - 1, auto: "seed", doc: "seed of the sample images" }),
+  embeddings_dir: f.list(f.path({ doc: "an embeddings folder" }), {
+    default: [],
+    doc: "embedding folders whose words the sample prompts may use (A1111's --embeddings-dir)",
+  }),
+  hypernetwork_dir: f.list(f.path({ doc: "a hypernetworks folder" }), {
+    default: [],
+    doc: "folders for the sample prompts' <hypernet:NAME:m> tags (A1111's --hypernetwork-dir)",
+  }),
 };
 
 const BUCKETING_FIELDS = {

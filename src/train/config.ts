@@ -569,6 +569,10 @@ function checkFiles(c: TrainConfig, err: (field: string, message: string) => Con
       throw err(`concepts[${i}].class_data_dir`, `concepts[${i}].class_data_dir: ${k.class_data_dir}: not a folder`);
     }
   });
+  for (const key of ["embeddings_dir", "hypernetwork_dir"] as const)
+    c.sample[key].forEach((d, i) => {
+      if (kind(d) !== "folder") throw err(`sample.${key}`, `sample.${key}[${i}]: ${d}: no such folder`);
+    });
   if (c.tokenizer !== null && kind(c.tokenizer) !== "folder")
     throw err("tokenizer", `tokenizer: ${c.tokenizer}: no such folder`);
   if (kind(c.output_dir) === "file") throw err("output_dir", `output_dir: ${c.output_dir}: is a file, not a folder`);

@@ -121,7 +121,12 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
   };
   try {
     await prepareClassImages(c, model, o.log);
-    const method = spec.create(c as never, { model, generator: noiseGen, log: o.log });
+    const method = spec.create(c as never, {
+      model,
+      generator: noiseGen,
+      log: o.log,
+      startStep: resumed?.progress.step ?? 0,
+    });
     owned.push(method);
     if (c.gradient_checkpointing && model.device !== "cpu") {
       o.warn(`gradient_checkpointing runs on the CPU only for now: training on ${model.device} without it`);

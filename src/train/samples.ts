@@ -3,6 +3,7 @@
 
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
+import { loadEmbeddingDirs } from "../adapters/embeddings.js";
 import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
 import { a1111Parameters, encodePng } from "../formats/png.js";
 import { generateRgb } from "../infer/generate-rgb.js";
@@ -15,6 +16,13 @@ export function saveSampleGrid(model: StableDiffusion, c: TrainConfig, path: str
   const modules = [model.unet, model.textEncoder];
   const wasTraining = modules.map((m) => m.training);
   for (const m of modules) m.eval(); // no dropout while sampling
+  // the sample prompts' embedding words and <hypernet:…> tags, from the configured folders
+  const embeddings = c.sample.embeddings_dir.length
+    ? loadEmbeddingDirs(model.tokenizer, model.textEncoder.config.hiddenSize, c.sample.embeddings_dir, {
+        refuseWordClash: true,
+      })
+    : undefined;
+  const hypernetworkDirs = c.sample.hypernetwork_dir.length ? c.sample.hypernetwork_dir : undefined;
   try {
     const tiles = c.sample.prompts.map(
       (prompt) =>
@@ -28,6 +36,8 @@ export function saveSampleGrid(model: StableDiffusion, c: TrainConfig, path: str
           width: c.resolution,
           height: c.resolution,
           clipSkip: c.clip_skip,
+          embeddings,
+          hypernetworkDirs,
         }).images[0],
     );
     const { width, height } = tiles[0];
@@ -51,6 +61,7 @@ export function saveSampleGrid(model: StableDiffusion, c: TrainConfig, path: str
     mkdirSync(dirname(path), { recursive: true });
     writeFileAtomic(path, (fd) => writeAll(fd, png));
   } finally {
+    embeddings?.dispose();
     for (const [i, m] of modules.entries()) m.train(wasTraining[i]);
   }
 }

@@ -4,8 +4,9 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { saveEmbeddingFile } from "../../src/adapters/embedding-file.js";
 import { injectLora, saveLora } from "../../src/adapters/network.js";
-import { Generator, noGrad, normal_ } from "../../src/engine/index.js";
+import { Generator, noGrad, normal_, zeros } from "../../src/engine/index.js";
 import { readPngText } from "../../src/formats/png.js";
 import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { ClipTextModel } from "../../src/models/clip/index.js";
@@ -168,6 +169,70 @@ test("generate --lora-dir (repeatable): <lora:NAME:w> applies the LoRA; a missin
   const missing = await withLora("lora-missing", "<lora:nope:0.5>", "--lora-dir", loras);
   assert.notEqual(missing.code, 0);
   assert.match(missing.err, /LoRA 'nope' not found: looked for nope\{\.safetensors,\.pt,\.ckpt,\.bin\} in .*loras/);
+});
+
+test("generate --embeddings-dir / --hypernetwork-dir: the prompt's word resolves from the folder; a missing folder, a word clash and a width mismatch fail naming the file", async () => {
+  const good = join(dir, "embeddings");
+  const narrow = join(dir, "embeddings-narrow");
+  const clash = join(dir, "embeddings-clash");
+  for (const d of [good, narrow, clash]) mkdirSync(d, { recursive: true });
+  const g = new Generator(5);
+  const emb = (shape: number[]) => noGrad(() => normal_(zeros(shape), 0, 1, g));
+  for (const [path, shape] of [
+    [join(good, "zqxv-style.pt"), [2, TINY_TEXT_CONFIG.hiddenSize]],
+    [join(narrow, "zqxv-style.pt"), [2, TINY_TEXT_CONFIG.hiddenSize + 8]],
+    [join(clash, "star.pt"), [1, TINY_TEXT_CONFIG.hiddenSize]],
+  ] as const) {
+    const t = emb([...shape]);
+    saveEmbeddingFile(path, t);
+    t.dispose();
+  }
+  g.dispose();
+  const run = (name: string, prompt: string, ...more: string[]) =>
+    cli(
+      "generate",
+      "--model",
+      ckpt,
+      "--tokenizer",
+      tokenizer,
+      "--prompt",
+      prompt,
+      "--steps",
+      "2",
+      "--seed",
+      "3",
+      "--width",
+      "16",
+      "--height",
+      "16",
+      "--out",
+      join(dir, `${name}.png`),
+      "--save-latent",
+      join(dir, `${name}.safetensors`),
+      ...more,
+    );
+  const plain = await run("emb-off", "a red zqxv-style star");
+  const on = await run("emb-on", "a red zqxv-style star", "--embeddings-dir", good);
+  const unused = await run("emb-unused", "a red zqxv-style star", "--embeddings-dir", clash);
+  assert.equal(plain.code + on.code, 0, on.err);
+  assert.notDeepEqual(latent(join(dir, "emb-on.safetensors")), latent(join(dir, "emb-off.safetensors")));
+  // the clashing word is refused, so the prompt that uses 'star' fails naming star.pt
+  assert.notEqual(unused.code, 0);
+  assert.match(unused.err, /star\.pt: the embedding word 'star' is a word of the tokenizer's vocabulary/);
+  const wide = await run("emb-wide", "a red zqxv-style star", "--embeddings-dir", narrow);
+  assert.notEqual(wide.code, 0);
+  assert.match(
+    wide.err,
+    new RegExp(`embeddings-narrow.zqxv-style\\.pt: embedding width ${TINY_TEXT_CONFIG.hiddenSize + 8} does not fit`),
+  );
+  const missing = await run("emb-missing", "a red star", "--embeddings-dir", join(dir, "no-such-embeddings"));
+  assert.notEqual(missing.code, 0);
+  assert.match(missing.err, /embeddings folder .*no-such-embeddings does not exist/);
+  const noHyper = await run("hn-missing", "a red star <hypernet:x:1>", "--hypernetwork-dir", join(dir, "no-such-hn"));
+  assert.notEqual(noHyper.code, 0);
+  assert.match(noHyper.err, /hypernetwork folder .*no-such-hn does not exist/);
+  for (const n of ["emb-wide", "emb-missing", "hn-missing", "emb-unused"])
+    assert.equal(existsSync(join(dir, `${n}.png`)), false, n);
 });
 
 test("convert: LDM → diffusers → LDM keeps every weight; fp16 halves it", async () => {

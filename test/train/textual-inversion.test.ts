@@ -210,3 +210,42 @@ test("pivotal tuning: a UNet LoRA trains with the embedding; the LoRA file bundl
     for (const t of tensors.values()) t.dispose();
   }
 });
+
+test("pivotal tuning, embedding first: the LoRA stays bit-identical for embedding_steps, then moves", async () => {
+  const c = loadTrainConfig(
+    raw("pivotal-first", {
+      max_steps: 4,
+      save: { formats: ["embedding_pt"], every_n_steps: 1, keep_last: 0, state: false },
+      textual_inversion: { token: "zqx-square", lora_rank: 2, lora_lr: 1e-2, embedding_steps: 2 },
+    }),
+  );
+  assert.throws(
+    () => loadTrainConfig(raw("pivotal-bad", { textual_inversion: { token: "zqx-square", embedding_steps: 2 } })),
+    /embedding_steps needs a LoRA/,
+  );
+  await train(c, quiet);
+  const read = (tag: string) => {
+    const { tensors } = loadSafetensors(join(c.output_dir, `zqx-square${tag}-lora.safetensors`));
+    const out = new Map([...tensors].filter(([k]) => k.startsWith("lora_unet_")).map(([k, t]) => [k, t.toArray()]));
+    for (const t of tensors.values()) t.dispose();
+    return out;
+  };
+  const emb = (tag: string) => {
+    const e = loadEmbeddingFile(join(c.output_dir, `zqx-square${tag}.pt`));
+    const v = e.vectors.toArray();
+    e.vectors.dispose();
+    return v;
+  };
+  const [s1, s2, s4] = ["-step000001", "-step000002", ""].map(read);
+  assert.ok(s1.size > 0);
+  assert.deepEqual(s2, s1, "the LoRA did not change during the embedding-only steps");
+  for (const [k, v] of s1)
+    if (k.endsWith("lora_up.weight"))
+      assert.ok(
+        v.every((x) => x === 0),
+        `${k} starts at zero`,
+      );
+  assert.notDeepEqual(emb("-step000002"), emb("-step000001"), "the embedding trained meanwhile");
+  const moved = [...s4].filter(([k, v]) => k.endsWith("lora_up.weight") && v.some((x) => x !== 0));
+  assert.ok(moved.length > 0, "after embedding_steps the LoRA trains");
+});

@@ -78,6 +78,8 @@ export interface MethodContext {
   /** The run's seeded generator (adapter initialisation draws from it, as before the redesign). */
   generator: Generator;
   log: (message: string) => void;
+  /** The step the run starts at (0 unless resumed). */
+  startStep?: number;
 }
 
 /** Helpers for a method's config rules. */

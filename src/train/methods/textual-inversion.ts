@@ -54,6 +54,11 @@ const TI_FIELDS = {
     doc: "pivotal tuning: also train a UNet LoRA of this rank, jointly with the embedding (0 = off)",
   }),
   lora_lr: f.number({ above: 0, default: 1e-4, doc: "pivotal tuning: the LoRA's learning rate" }),
+  embedding_steps: f.int({
+    min: 0,
+    default: 0,
+    doc: "pivotal tuning: steps the embedding trains alone (the LoRA frozen) before both train jointly; 0 = jointly from the start",
+  }),
   bundle: f.bool({
     default: false,
     doc: "pivotal tuning: also put the embedding in the LoRA file as bundle_emb.<token>.string_to_param.* (A1111, Forge)",
@@ -92,6 +97,11 @@ export const textualInversion = defineMethod({
         "textual_inversion.bundle",
         "textual_inversion.bundle needs a LoRA (set textual_inversion.lora_rank)",
       );
+    if (t.embedding_steps > 0 && t.lora_rank === 0)
+      throw r.error(
+        "textual_inversion.embedding_steps",
+        "textual_inversion.embedding_steps needs a LoRA (set textual_inversion.lora_rank)",
+      );
     if (r.given("train_text_encoder") === true)
       throw r.error(
         "train_text_encoder",
@@ -121,6 +131,13 @@ export const textualInversion = defineMethod({
           })
         : null;
     if (network) model.unet.train();
+    // Embedding first, then jointly (issue 15 "the embedding first or jointly"): during the first
+    // embedding_steps the LoRA's tensors take no gradient, so the optimizer leaves them (and their
+    // moments) untouched; a resumed run past that point starts with them trainable.
+    const loraParams = network ? network.trainableParameters("unet") : [];
+    const embeddingSteps = t.embedding_steps;
+    let loraFrozen = network !== null && embeddingSteps > (ctx.startStep ?? 0);
+    if (loraFrozen) for (const p of loraParams) p.requiresGrad_(false);
     const ids = model.tokenizer.encodeTokens(t.token);
     const lookup: EmbeddingLookup = {
       findAt(tokens, position) {
@@ -141,7 +158,7 @@ export const textualInversion = defineMethod({
       trainsTextEncoder: true,
       groups: () => [
         { name: "embedding", params: [vectors], lr: c.learning_rate },
-        ...(network ? [{ name: "unet", params: network.trainableParameters("unet"), lr: t.lora_lr }] : []),
+        ...(network ? [{ name: "unet", params: loraParams, lr: t.lora_lr }] : []),
       ],
       namedTrainable: () => {
         const out = new Map([[`textual_inversion.${t.token}`, vectors]]);
@@ -150,6 +167,12 @@ export const textualInversion = defineMethod({
           for (const [k, x] of network.stateDict()) if (trainable.has(x)) out.set(`lora.${k}`, x);
         }
         return out;
+      },
+      afterStep(step) {
+        if (loraFrozen && step + 1 >= embeddingSteps) {
+          for (const p of loraParams) p.requiresGrad_(true);
+          loraFrozen = false;
+        }
       },
       encodeText(s) {
         const steps = s.timesteps.toArray();
