@@ -180,6 +180,8 @@ interface StepRun {
   optimizer_ms: number;
   loss: number;
   warmup: boolean;
+  /** RSS once the step (and zeroGrad) is done: what is kept between steps. */
+  rss_after_mb: number;
 }
 
 /** --worker: one case on the Atelier side, in this fresh process; returns what is printed. */
@@ -246,12 +248,13 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
       optimizer_ms: t3 - t2,
       loss,
       warmup: i < o.warmup,
+      rss_after_mb: rssMb(),
     };
     runs.push(r);
     console.error(
       `  Atelier ${caseKey} ${r.warmup ? "warm-up" : "step"} ${(r.ms / 1e3).toFixed(1)} s ` +
         `(cpu ${(r.cpu_ms / 1e3).toFixed(1)}; fwd ${(r.forward_ms / 1e3).toFixed(1)}, bwd ${(r.backward_ms / 1e3).toFixed(1)}, ` +
-        `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), load ${load1().toFixed(2)}`,
+        `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), RSS after ${(r.rss_after_mb / 1024).toFixed(2)} GiB, load ${load1().toFixed(2)}`,
     );
   }
   const out = {

@@ -137,6 +137,24 @@ export class Module {
   }
 
   /**
+   * Re-stores the parameters `pick` chooses in `dtype` (frozen weights kept in half precision, as
+   * kohya's train_network.py `unet.to(weight_dtype)`); gradients flags are kept. Returns how many changed.
+   */
+  castParameters(dtype: DType, pick: (key: string, t: Tensor) => boolean = () => true): number {
+    let n = 0;
+    for (const [key, t] of this.namedParameters()) {
+      if (t.dtype === dtype || !pick(key, t)) continue;
+      const cut = key.lastIndexOf(".");
+      const owner = cut < 0 ? this : this.getModule(key.slice(0, cut));
+      const fresh = keep(noGrad(() => scope(() => t.to(t.device, dtype).detach()))).requiresGrad_(t.requiresGrad);
+      t.dispose();
+      owner.#params.set(key.slice(cut + 1), fresh);
+      n++;
+    }
+    return n;
+  }
+
+  /**
    * Loads parameters from `source` (key → tensor). Strict loading reports every
    * missing, unexpected and wrongly shaped key by name, and changes nothing.
    */

@@ -184,6 +184,18 @@ export function coreSchema(specs: readonly MethodSummary[]) {
       default: "no",
       doc: "autocast dtype of forward passes: no, fp16 or bf16",
     }),
+    weight_dtype: f.oneOf(["float32", "fp16", "bf16"] as const, {
+      default: "float32",
+      doc: "storage of the frozen weights (the UNet under an adapter, the VAE, an untrained text encoder), as OneTrainer's weight_dtype; fp16/bf16 need the same mixed_precision",
+    }),
+    full_fp16: f.bool({
+      default: false,
+      doc: "kohya's full_fp16: the trained weights themselves in float16 (needs mixed_precision fp16)",
+    }),
+    full_bf16: f.bool({
+      default: false,
+      doc: "kohya's full_bf16: the trained weights themselves in bfloat16 (needs mixed_precision bf16)",
+    }),
     seed: f.int({
       min: 0,
       max: 2 ** 32 - 1,

@@ -461,6 +461,27 @@ function finish(state: State, o: { checkFiles: boolean; env: Record<string, stri
   if (auto(c.text_encoder_lr)) c.text_encoder_lr = c.learning_rate;
   else if (!c.train_text_encoder) pointless("text_encoder_lr", c.learning_rate, "the text encoder is not trained");
 
+  // Half-precision storage: kohya's train_network.py refuses full_fp16 without mixed_precision fp16
+  // ("full_fp16 requires mixed precision='fp16'") and full_bf16 without bf16.
+  if (c.full_fp16 && c.mixed_precision !== "fp16") {
+    throw err(
+      "full_fp16",
+      `full_fp16 = true needs mixed_precision = "fp16", got mixed_precision = "${c.mixed_precision}"`,
+    );
+  }
+  if (c.full_bf16 && c.mixed_precision !== "bf16") {
+    throw err(
+      "full_bf16",
+      `full_bf16 = true needs mixed_precision = "bf16", got mixed_precision = "${c.mixed_precision}"`,
+    );
+  }
+  if (c.weight_dtype !== "float32" && c.weight_dtype !== c.mixed_precision) {
+    throw err(
+      "weight_dtype",
+      `weight_dtype = "${c.weight_dtype}" needs mixed_precision = "${c.weight_dtype}" (the forward runs under its autocast), got mixed_precision = "${c.mixed_precision}"`,
+    );
+  }
+
   // Concepts and prior preservation.
   let classes = false;
   c.concepts.forEach((k, i) => {

@@ -18,6 +18,7 @@ import { type MethodSpec, methodSpecFor, type TrainingMethod } from "./methods/i
 import { makeOptimizer } from "./optimizer-choice.js";
 import { LossLog } from "./progress.js";
 import { disposeTrainingState, loadTrainingState, type Progress, readStateInfo, restoreTrainable } from "./state.js";
+import { storeWeights } from "./weight-precision.js";
 import { resolveModel } from "./workspace.js";
 
 /** Key prefix of the EMA averages in a saved state's weights. */
@@ -120,6 +121,11 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
     disposeStableDiffusion(model);
   };
   try {
+    if (model.device === "cpu" && (c.full_fp16 || c.weight_dtype === "fp16")) {
+      throw new Error(
+        `${c.full_fp16 ? "full_fp16" : 'weight_dtype = "fp16"'} needs a GPU: mixed_precision fp16 does not run on the CPU (use bf16 there)`,
+      );
+    }
     await prepareClassImages(c, model, o.log);
     const method = spec.create(c as never, {
       model,
@@ -161,6 +167,18 @@ export async function openRun(c: TrainConfig, o: RunSetupOptions): Promise<RunPa
       onWarning: o.warn,
     });
     owned.push(dataset);
+    // After the latent and text caches are filled (those encode outside autocast): the VAE is cast only when
+    // the cache means training never runs it; a text encoder not trained encodes for the cache in float32.
+    const stored = storeWeights(c, [
+      model.unet,
+      ...(method.trainsTextEncoder ? [model.textEncoder] : []),
+      ...(c.cache_latents && !method.needsPixels ? [model.vae] : []),
+    ]);
+    if (stored.frozen || stored.trained) {
+      o.log(
+        `weights stored: ${stored.frozen} frozen in ${c.weight_dtype}, ${stored.trained} trained in ${c.full_fp16 || c.full_bf16 ? c.mixed_precision : "float32"}`,
+      );
+    }
     const perEpoch = Math.ceil(dataset.length / c.gradient_accumulation);
     const total = c.max_steps > 0 ? c.max_steps : c.epochs * perEpoch;
     const optimizer = optimizerFor(c, method);
