@@ -10,6 +10,8 @@ import {
   disposeStableDiffusion,
   generateRgb,
   loadStableDiffusion,
+  mergeCheckpoints,
+  mergeLorasIntoCheckpoint,
   type SAMPLER_NAMES,
   saveImages,
 } from "../index.js";
@@ -44,7 +46,26 @@ export interface GenerateJob {
   batch: number;
 }
 
-export type WorkerJob = CreateModelJob | GenerateJob;
+/** LoRA files baked into a checkpoint (src/tools/merge-lora.ts); paths absolute. */
+export interface MergeLoraJob {
+  kind: "merge-lora";
+  checkpoint: string;
+  loras: { path: string; weight: number }[];
+  out: string;
+}
+
+/** A1111's checkpoint merger (src/tools/checkpoint-merger.ts); paths absolute. */
+export interface MergeCheckpointsJob {
+  kind: "merge-checkpoints";
+  a: string;
+  b?: string;
+  c?: string;
+  mode: "weighted_sum" | "add_difference" | "none";
+  multiplier: number;
+  out: string;
+}
+
+export type WorkerJob = CreateModelJob | GenerateJob | MergeLoraJob | MergeCheckpointsJob;
 
 export type FromWorker =
   | { type: "progress"; step: number; total: number }
@@ -60,6 +81,18 @@ function run(job: WorkerJob): Record<string, unknown> {
       overwrite: job.overwrite,
     });
     return { name: m.name, scheduler: m.meta.scheduler, notes: m.meta.architecture.notes };
+  }
+  if (job.kind === "merge-lora") {
+    send({ type: "progress", step: 0, total: 1 });
+    const r = mergeLorasIntoCheckpoint(job.checkpoint, job.loras, job.out);
+    send({ type: "progress", step: 1, total: 1 });
+    return { output: job.out, merged: r.merged, weights_changed: r.weightsChanged, skipped: r.skipped };
+  }
+  if (job.kind === "merge-checkpoints") {
+    send({ type: "progress", step: 0, total: 1 });
+    const r = mergeCheckpoints(job.a, job.out, { mode: job.mode, b: job.b, c: job.c, multiplier: job.multiplier });
+    send({ type: "progress", step: 1, total: 1 });
+    return { output: job.out, merged: r.merged, copied: r.copied };
   }
   const model = loadStableDiffusion(job.model);
   try {
