@@ -497,23 +497,37 @@ async function loadGenerate() {
   };
   $("#gen-model").onchange = follow;
   follow();
-  const lora = $("#gen-lora");
-  lora.replaceChildren(
-    el("option", { value: "", textContent: "(pick to add to the prompt)" }),
-    ...workspace.lora.map((f) => {
-      const n = f.name.replace(/\.(safetensors|pt)$/, "");
-      return el("option", { value: n, textContent: n });
-    }),
-  );
+  const picks = [
+    ["#gen-lora", workspace.lora],
+    ["#gen-hypernet", workspace.hypernetworks],
+    ["#gen-embedding", workspace.embeddings],
+  ];
+  for (const [sel, files] of picks) {
+    $(sel).replaceChildren(
+      el("option", { value: "", textContent: "(pick to add to the prompt)" }),
+      ...files.map((f) => {
+        const n = f.name.replace(/\.(safetensors|pt|bin)$/, "");
+        return el("option", { value: n, textContent: n });
+      }),
+    );
+  }
   await loadGallery();
 }
-$("#gen-lora").addEventListener("change", (ev) => {
-  const n = ev.target.value;
-  if (!n) return;
-  const p = $("#generate-form").prompt;
-  p.value = `${p.value.trim()} <lora:${n}:1>`.trim();
-  ev.target.value = "";
-});
+// LoRAs and hypernetworks are tags; an embedding is its file name as a word (A1111)
+const pickTag = {
+  "gen-lora": (n) => `<lora:${n}:1>`,
+  "gen-hypernet": (n) => `<hypernet:${n}:1>`,
+  "gen-embedding": (n) => n,
+};
+for (const sel of $$(".gen-pick")) {
+  sel.addEventListener("change", (ev) => {
+    if (!ev.target.value) return;
+    const t = pickTag[ev.target.id](ev.target.value);
+    const p = $("#generate-form").prompt;
+    p.value = `${p.value.trim()} ${t}`.trim();
+    ev.target.value = "";
+  });
+}
 $("#generate-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const form = ev.target;

@@ -8,6 +8,7 @@ import { dirname } from "node:path";
 import {
   createModel,
   disposeStableDiffusion,
+  EmbeddingDatabase,
   generateRgb,
   loadStableDiffusion,
   mergeCheckpoints,
@@ -33,6 +34,10 @@ export interface GenerateJob {
   model: string;
   modelName: string;
   loraDir: string;
+  /** The workspace's embeddings/ (textual inversion words the prompts may name). */
+  embeddingsDir: string;
+  /** The workspace's models/hypernetworks (for <hypernet:NAME:m>). */
+  hypernetworkDir: string;
   /** The PNG to write, absolute (out-0.png, out-1.png, … for a batch). */
   out: string;
   prompt: string;
@@ -95,7 +100,10 @@ function run(job: WorkerJob): Record<string, unknown> {
     return { output: job.out, merged: r.merged, copied: r.copied };
   }
   const model = loadStableDiffusion(job.model);
+  const embeddings = new EmbeddingDatabase(model.tokenizer, model.textEncoder.config.hiddenSize);
   try {
+    // files that do not fit this model are left out (A1111 skips them too) and said in the result
+    const { refused } = embeddings.loadDir(job.embeddingsDir);
     const result = generateRgb(model, {
       prompt: job.prompt,
       negative: job.negative,
@@ -107,12 +115,19 @@ function run(job: WorkerJob): Record<string, unknown> {
       height: job.height,
       batch: job.batch,
       loraDirs: [job.loraDir],
+      hypernetworkDirs: [job.hypernetworkDir],
+      embeddings,
       onStep: (step, total) => send({ type: "progress", step, total }),
     });
     mkdirSync(dirname(job.out), { recursive: true });
     const images = saveImages(result, job.out, job.modelName);
-    return { images, seed: result.settings.seed };
+    return {
+      images,
+      seed: result.settings.seed,
+      embeddings_refused: refused.map((r) => r.reason),
+    };
   } finally {
+    embeddings.dispose();
     disposeStableDiffusion(model);
   }
 }
