@@ -599,11 +599,30 @@ async function loadLibrary() {
 }
 async function loadLab() {
   const files = await api("GET", "/api/lab");
+  const show = (f) => {
+    // reports are shown in the page (sandboxed); eval.json is linked beside them
+    const q = `path=${encodeURIComponent(f.path)}${token ? `&token=${encodeURIComponent(token)}` : ""}`;
+    $("#lab-report").replaceChildren(
+      el("h3", { textContent: f.path }),
+      el("iframe", { src: `/api/lab/report?${q}`, sandbox: "", title: f.path, className: "report" }),
+    );
+  };
+  const reports = files.filter((f) => f.path.endsWith(".html"));
   $("#lab").replaceChildren(
     ...(files.length
-      ? files.map((f) => el("li", { textContent: `${f.path} (${f.modified.slice(0, 19)})` }))
+      ? files.map((f) => {
+          const li = el("li", { textContent: `${f.path} (${f.modified.slice(0, 19)})` });
+          if (f.path.endsWith(".html")) {
+            const b = el("button", { type: "button", textContent: "show" });
+            b.onclick = () => show(f);
+            li.append(" ", b);
+          }
+          return li;
+        })
       : [el("li", { textContent: "no reports yet" })]),
   );
+  if (reports.length) show(reports[0]);
+  else $("#lab-report").replaceChildren();
 }
 
 const loaders = {
