@@ -1,6 +1,8 @@
 // The studio's pages: plain ES modules, no build step, nothing fetched from
 // outside the studio. Every action is one call of the JSON API
 // (/api/openapi.json); the pages hold no logic of their own.
+import { loadMerge } from "./merge.js";
+
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 const el = (tag, props = {}, ...children) => {
@@ -626,7 +628,7 @@ async function loadLab() {
 }
 
 const loaders = {
-  models: loadModels,
+  models: () => Promise.all([loadModels(), loadMerge()]),
   train: loadTrain,
   jobs: loadJobs,
   generate: loadGenerate,
