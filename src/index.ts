@@ -1,6 +1,8 @@
 // Atelier's public API: what the CLI, the studio and programs that embed
 // Atelier call. Each group is a namespace of one layer (docs/design.md §2);
 // the most used entry points are also exported by name.
+
+export { EmbeddingDatabase } from "./adapters/embeddings.js";
 export * as adapters from "./adapters/index.js";
 export * as engine from "./engine/index.js";
 export * as evaluation from "./eval/evaluate.js";

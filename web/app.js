@@ -1,6 +1,8 @@
 // The studio's pages: plain ES modules, no build step, nothing fetched from
 // outside the studio. Every action is one call of the JSON API
 // (/api/openapi.json); the pages hold no logic of their own.
+import { loadMerge } from "./merge.js";
+
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 const el = (tag, props = {}, ...children) => {
@@ -497,23 +499,37 @@ async function loadGenerate() {
   };
   $("#gen-model").onchange = follow;
   follow();
-  const lora = $("#gen-lora");
-  lora.replaceChildren(
-    el("option", { value: "", textContent: "(pick to add to the prompt)" }),
-    ...workspace.lora.map((f) => {
-      const n = f.name.replace(/\.(safetensors|pt)$/, "");
-      return el("option", { value: n, textContent: n });
-    }),
-  );
+  const picks = [
+    ["#gen-lora", workspace.lora],
+    ["#gen-hypernet", workspace.hypernetworks],
+    ["#gen-embedding", workspace.embeddings],
+  ];
+  for (const [sel, files] of picks) {
+    $(sel).replaceChildren(
+      el("option", { value: "", textContent: "(pick to add to the prompt)" }),
+      ...files.map((f) => {
+        const n = f.name.replace(/\.(safetensors|pt|bin)$/, "");
+        return el("option", { value: n, textContent: n });
+      }),
+    );
+  }
   await loadGallery();
 }
-$("#gen-lora").addEventListener("change", (ev) => {
-  const n = ev.target.value;
-  if (!n) return;
-  const p = $("#generate-form").prompt;
-  p.value = `${p.value.trim()} <lora:${n}:1>`.trim();
-  ev.target.value = "";
-});
+// LoRAs and hypernetworks are tags; an embedding is its file name as a word (A1111)
+const pickTag = {
+  "gen-lora": (n) => `<lora:${n}:1>`,
+  "gen-hypernet": (n) => `<hypernet:${n}:1>`,
+  "gen-embedding": (n) => n,
+};
+for (const sel of $$(".gen-pick")) {
+  sel.addEventListener("change", (ev) => {
+    if (!ev.target.value) return;
+    const t = pickTag[ev.target.id](ev.target.value);
+    const p = $("#generate-form").prompt;
+    p.value = `${p.value.trim()} ${t}`.trim();
+    ev.target.value = "";
+  });
+}
 $("#generate-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const form = ev.target;
@@ -585,15 +601,34 @@ async function loadLibrary() {
 }
 async function loadLab() {
   const files = await api("GET", "/api/lab");
+  const show = (f) => {
+    // reports are shown in the page (sandboxed); eval.json is linked beside them
+    const q = `path=${encodeURIComponent(f.path)}${token ? `&token=${encodeURIComponent(token)}` : ""}`;
+    $("#lab-report").replaceChildren(
+      el("h3", { textContent: f.path }),
+      el("iframe", { src: `/api/lab/report?${q}`, sandbox: "", title: f.path, className: "report" }),
+    );
+  };
+  const reports = files.filter((f) => f.path.endsWith(".html"));
   $("#lab").replaceChildren(
     ...(files.length
-      ? files.map((f) => el("li", { textContent: `${f.path} (${f.modified.slice(0, 19)})` }))
+      ? files.map((f) => {
+          const li = el("li", { textContent: `${f.path} (${f.modified.slice(0, 19)})` });
+          if (f.path.endsWith(".html")) {
+            const b = el("button", { type: "button", textContent: "show" });
+            b.onclick = () => show(f);
+            li.append(" ", b);
+          }
+          return li;
+        })
       : [el("li", { textContent: "no reports yet" })]),
   );
+  if (reports.length) show(reports[0]);
+  else $("#lab-report").replaceChildren();
 }
 
 const loaders = {
-  models: loadModels,
+  models: () => Promise.all([loadModels(), loadMerge()]),
   train: loadTrain,
   jobs: loadJobs,
   generate: loadGenerate,

@@ -85,7 +85,8 @@ export function jobRoutes(ctx: StudioContext): Route[] {
     {
       method: "POST",
       path: "/api/generate",
-      summary: "queue a txt2img (A1111 prompt syntax, <lora:NAME:w> from models/Lora); PNGs with A1111 parameters",
+      summary:
+        "queue a txt2img (A1111 prompt syntax: <lora:NAME:w> from models/Lora, <hypernet:NAME:m> from models/hypernetworks, embeddings/ words); PNGs with A1111 parameters",
       body: {
         type: "object",
         required: ["model", "prompt"],
@@ -127,6 +128,8 @@ export function jobRoutes(ctx: StudioContext): Route[] {
               model: model.weights,
               modelName: b.model,
               loraDir: join(ctx.root, LAYOUT.lora),
+              embeddingsDir: join(ctx.root, LAYOUT.embeddings),
+              hypernetworkDir: join(ctx.root, LAYOUT.hypernetworks),
               out: join(ctx.root, LAYOUT.outputs, "txt2img", `${stamp}-${seed}.png`),
               prompt: b.prompt,
               negative: (b.negative as string | undefined) ?? "",

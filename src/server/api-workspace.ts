@@ -280,6 +280,28 @@ export function workspaceRoutes(ctx: StudioContext): Route[] {
     },
     {
       method: "GET",
+      path: "/api/lab/report",
+      summary:
+        "a report.html (eval table, loss charts, sample grids) under outputs/ or runs/, served sandboxed: no scripts, only data: images",
+      query: { path: { type: "string", minLength: 1, description: "workspace-relative, ending in report.html" } },
+      stream: true,
+      handler: ({ query, res }) => {
+        const rel = query.get("path");
+        if (rel === null) throw new HttpError(400, "query.path: is required", "query.path");
+        const abs = confine(ctx.root, rel, "query.path");
+        if (!(["runs", "outputs"] as const).some((a) => rel.startsWith(`${LAYOUT[a]}/`)) || !rel.endsWith(".html")) {
+          throw new HttpError(400, "query.path: only .html reports under outputs/ and runs/ are served", "query.path");
+        }
+        if (!existsSync(abs) || !statSync(abs).isFile()) throw new HttpError(404, `no file ${rel}`);
+        // the report is self-contained (src/report/html.ts); the sandbox keeps it from running anything
+        sendFile(res, abs, {
+          "Cache-Control": "no-cache",
+          "Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+        });
+      },
+    },
+    {
+      method: "GET",
       path: "/api/file",
       summary: "an image under datasets/, runs/ or outputs/ (nothing else is served)",
       query: { path: { type: "string", minLength: 1, description: "workspace-relative" } },

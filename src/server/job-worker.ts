@@ -8,8 +8,11 @@ import { dirname } from "node:path";
 import {
   createModel,
   disposeStableDiffusion,
+  EmbeddingDatabase,
   generateRgb,
   loadStableDiffusion,
+  mergeCheckpoints,
+  mergeLorasIntoCheckpoint,
   type SAMPLER_NAMES,
   saveImages,
 } from "../index.js";
@@ -31,6 +34,10 @@ export interface GenerateJob {
   model: string;
   modelName: string;
   loraDir: string;
+  /** The workspace's embeddings/ (textual inversion words the prompts may name). */
+  embeddingsDir: string;
+  /** The workspace's models/hypernetworks (for <hypernet:NAME:m>). */
+  hypernetworkDir: string;
   /** The PNG to write, absolute (out-0.png, out-1.png, … for a batch). */
   out: string;
   prompt: string;
@@ -44,7 +51,26 @@ export interface GenerateJob {
   batch: number;
 }
 
-export type WorkerJob = CreateModelJob | GenerateJob;
+/** LoRA files baked into a checkpoint (src/tools/merge-lora.ts); paths absolute. */
+export interface MergeLoraJob {
+  kind: "merge-lora";
+  checkpoint: string;
+  loras: { path: string; weight: number }[];
+  out: string;
+}
+
+/** A1111's checkpoint merger (src/tools/checkpoint-merger.ts); paths absolute. */
+export interface MergeCheckpointsJob {
+  kind: "merge-checkpoints";
+  a: string;
+  b?: string;
+  c?: string;
+  mode: "weighted_sum" | "add_difference" | "none";
+  multiplier: number;
+  out: string;
+}
+
+export type WorkerJob = CreateModelJob | GenerateJob | MergeLoraJob | MergeCheckpointsJob;
 
 export type FromWorker =
   | { type: "progress"; step: number; total: number }
@@ -61,8 +87,23 @@ function run(job: WorkerJob): Record<string, unknown> {
     });
     return { name: m.name, scheduler: m.meta.scheduler, notes: m.meta.architecture.notes };
   }
+  if (job.kind === "merge-lora") {
+    send({ type: "progress", step: 0, total: 1 });
+    const r = mergeLorasIntoCheckpoint(job.checkpoint, job.loras, job.out);
+    send({ type: "progress", step: 1, total: 1 });
+    return { output: job.out, merged: r.merged, weights_changed: r.weightsChanged, skipped: r.skipped };
+  }
+  if (job.kind === "merge-checkpoints") {
+    send({ type: "progress", step: 0, total: 1 });
+    const r = mergeCheckpoints(job.a, job.out, { mode: job.mode, b: job.b, c: job.c, multiplier: job.multiplier });
+    send({ type: "progress", step: 1, total: 1 });
+    return { output: job.out, merged: r.merged, copied: r.copied };
+  }
   const model = loadStableDiffusion(job.model);
+  const embeddings = new EmbeddingDatabase(model.tokenizer, model.textEncoder.config.hiddenSize);
   try {
+    // files that do not fit this model are left out (A1111 skips them too) and said in the result
+    const { refused } = embeddings.loadDir(job.embeddingsDir);
     const result = generateRgb(model, {
       prompt: job.prompt,
       negative: job.negative,
@@ -74,12 +115,19 @@ function run(job: WorkerJob): Record<string, unknown> {
       height: job.height,
       batch: job.batch,
       loraDirs: [job.loraDir],
+      hypernetworkDirs: [job.hypernetworkDir],
+      embeddings,
       onStep: (step, total) => send({ type: "progress", step, total }),
     });
     mkdirSync(dirname(job.out), { recursive: true });
     const images = saveImages(result, job.out, job.modelName);
-    return { images, seed: result.settings.seed };
+    return {
+      images,
+      seed: result.settings.seed,
+      embeddings_refused: refused.map((r) => r.reason),
+    };
   } finally {
+    embeddings.dispose();
     disposeStableDiffusion(model);
   }
 }

@@ -332,7 +332,9 @@ export class JobRunner {
           this.#event(job.id, "progress", { step: m.step, total: m.total });
         } else if (m.type === "result") {
           const images = m.result.images as string[] | undefined;
-          const result = images ? { ...m.result, images: images.map((p) => relPath(this.root, p)) } : m.result;
+          const result: Record<string, unknown> = { ...m.result };
+          if (images) result.images = images.map((p) => relPath(this.root, p));
+          if (typeof m.result.output === "string") result.output = relPath(this.root, m.result.output);
           settle("done", { result });
         } else settle("failed", { error: m.message });
       });

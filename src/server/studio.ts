@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { packageRoot } from "../index.js";
 import { jobRoutes } from "./api-jobs.js";
+import { mergeRoutes } from "./api-merge.js";
 import { workspaceRoutes } from "./api-workspace.js";
 import { openApi, type Route, Router, sendJson, serveStatic, TOKEN_COOKIE, tokenIn } from "./http.js";
 import { JobQueue } from "./queue.js";
@@ -74,6 +75,7 @@ export async function startStudio(o: StudioOptions): Promise<Studio> {
     },
     ...workspaceRoutes(ctx),
     ...jobRoutes(ctx),
+    ...mergeRoutes(ctx),
   ];
   const document = openApi(routes, version);
   routes.push({ method: "GET", path: "/api/openapi.json", summary: "this document", handler: () => document });

@@ -9,6 +9,10 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { type Browser, chromium, type Page } from "playwright-core";
+import { saveEmbeddingFile } from "../../src/adapters/embedding-file.js";
+import { createHypernetwork, saveHypernetwork } from "../../src/adapters/hypernetwork.js";
+import { Generator, randn } from "../../src/engine/index.js";
+import { writeReport } from "../../src/report/html.js";
 import { type Studio, startStudio } from "../../src/server/studio.js";
 import { repoRoot } from "../helpers.js";
 import { gentleEnv, studioDirs, subjectPictures } from "./studio-helper.js";
@@ -94,19 +98,35 @@ test("the seed workflow in chromium: create a model, a concept from uploads, tra
   assert.match((await page.textContent("#job-log")) ?? "", /<lora:e2e:1>/);
   await shot("4-jobs");
 
-  // 4. Generate with the LoRA just trained, picked from the list
+  // 4. Generate with the LoRA just trained, an embedding and a hypernetwork dropped into the
+  // workspace by hand (the shapes base's text encoder and attention are 64 wide), picked from lists
+  const g = new Generator(5);
+  const v = randn([2, 64], { generator: g });
+  saveEmbeddingFile(join(dirs.workspace, "embeddings", "zqemb.safetensors"), v);
+  v.dispose();
+  g.dispose();
+  const hn = createHypernetwork({ name: "hn1", sizes: [64], generator: new Generator(6) });
+  saveHypernetwork(join(dirs.workspace, "models", "hypernetworks", "hn1.pt"), hn);
+  hn.dispose();
   await page.click("a[data-page=generate]");
   await page.waitForSelector("#gen-lora option[value=e2e]", { state: "attached" });
+  await page.waitForSelector("#gen-embedding option[value=zqemb]", { state: "attached" });
+  await page.waitForSelector("#gen-hypernet option[value=hn1]", { state: "attached" });
   await page.fill("#generate-form textarea[name=prompt]", "a sks star");
   await page.selectOption("#gen-lora", "e2e");
-  assert.equal(await page.inputValue("#generate-form textarea[name=prompt]"), "a sks star <lora:e2e:1>");
+  await page.selectOption("#gen-embedding", "zqemb");
+  await page.selectOption("#gen-hypernet", "hn1");
+  assert.equal(
+    await page.inputValue("#generate-form textarea[name=prompt]"),
+    "a sks star <lora:e2e:1> zqemb <hypernet:hn1:1>",
+  );
   await page.fill("#generate-form input[name=steps]", "6");
   await page.click("#generate-form button[type=submit]");
   await page.waitForSelector("#gen-status:has-text('wrote')", { timeout: 60_000 });
   await page.waitForSelector("#png-info:has-text('Steps: 6')");
   assert.match(
     (await page.textContent("#png-info")) ?? "",
-    /a sks star <lora:e2e:1>\nSteps: 6, Sampler: DPM\+\+ 2M, CFG scale: 5, Seed: 1, Size: 64x64, Model: shapes/,
+    /a sks star <lora:e2e:1> zqemb <hypernet:hn1:1>\nSteps: 6, Sampler: DPM\+\+ 2M, CFG scale: 5, Seed: 1, Size: 64x64, Model: shapes/,
   );
   await shot("5-generate");
 
@@ -114,5 +134,17 @@ test("the seed workflow in chromium: create a model, a concept from uploads, tra
   await page.click("a[data-page=library]");
   await page.waitForSelector("#library summary:has-text('models/Lora/e2e.safetensors')");
   await shot("6-library");
+
+  // Lab: a report written by the library is shown in the page
+  await writeReport(join(dirs.workspace, "outputs", "lab"), {
+    title: "lab of the browser test",
+    createdAt: "2026-12-03T00:00:00Z",
+    runs: [],
+    evalTable: { columns: ["run", "score"], rows: [{ label: "e2e", values: [0.5] }] },
+  });
+  await page.click("a[data-page=lab]");
+  const frame = await (await page.waitForSelector("#lab-report iframe")).contentFrame();
+  await frame?.waitForSelector("text=lab of the browser test");
+  await shot("7-lab");
   assert.deepEqual(errors, [], "no error in the page");
 });
