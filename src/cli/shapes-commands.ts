@@ -4,7 +4,9 @@ import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { buildBase, quickRecipe } from "../shapes/base/build.js";
 import { BASE_RECIPE } from "../shapes/base/recipe.js";
-import { shapesBasePath } from "../shapes/base-path.js";
+import { shapesBasePath, shapesUpscalerPath } from "../shapes/base-path.js";
+import { buildUpscaler } from "../shapes/upscaler/build.js";
+import { quickUpscalerRecipe, UPSCALER_RECIPE } from "../shapes/upscaler/recipe.js";
 import { generateSubject, generateWorld, writeSceneFolder } from "../shapes/world.js";
 import { num, parse, str, UsageError } from "./args.js";
 
@@ -12,12 +14,15 @@ const USAGE = `usage:
   atelier shapes world DIR [--n N] [--seed S] [--subject]   write N images with caption files
   atelier shapes build-base [--out DIR] [--quick] [--keep-work] [--samples N] [--vae-from MODEL]
                                  train the base model from random weights (about 105 min on 2 cores);
-                                 --vae-from takes the VAE's first two stages from a model built before`;
+                                 --vae-from takes the VAE's first two stages from a model built before
+  atelier shapes build-upscaler [--out DIR] [--base DIR] [--quick]
+                                 train the ×4 upscaler (64² → 256²) sharing the base's text encoder`;
 
 export async function shapesCommand(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   if (sub === "world") return worldCommand(rest);
   if (sub === "build-base") return buildBaseCommand(rest);
+  if (sub === "build-upscaler") return buildUpscalerCommand(rest);
   if (sub === undefined || sub === "--help" || sub === "-h") {
     console.log(USAGE);
     return sub ? 0 : 2;
@@ -71,3 +76,24 @@ async function buildBaseCommand(argv: string[]): Promise<number> {
 }
 
 const pct = (x: number): string => `${(x * 100).toFixed(0)} %`;
+
+async function buildUpscalerCommand(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    { out: { type: "string" }, base: { type: "string" }, quick: { type: "boolean" } },
+    { min: 0, max: 0, names: "no arguments" },
+  );
+  const base = resolve(str(values, "base") ?? shapesBasePath());
+  if (!existsSync(base)) throw new UsageError(`--base ${base}: no such model (atelier shapes build-base)`);
+  const out = resolve(str(values, "out") ?? shapesUpscalerPath());
+  const r = await buildUpscaler({
+    out,
+    base,
+    recipe: values.quick ? quickUpscalerRecipe() : UPSCALER_RECIPE,
+    log: (line) => console.error(line),
+  });
+  console.log(
+    `upscaler in ${r.out} (${(r.seconds / 60).toFixed(1)} min): final vae loss ${r.vaeLoss.toFixed(4)}, unet loss ${r.unetLoss.toFixed(4)}`,
+  );
+  return 0;
+}

@@ -19,3 +19,8 @@ export function packageRoot(): string {
 export function shapesBasePath(): string {
   return process.env.ATELIER_SHAPES_BASE ?? join(packageRoot(), "models", "shapes-base");
 }
+
+/** The built-in ×4 upscaler folder (ATELIER_SHAPES_UPSCALER overrides it). */
+export function shapesUpscalerPath(): string {
+  return process.env.ATELIER_SHAPES_UPSCALER ?? join(packageRoot(), "models", "shapes-upscaler");
+}
