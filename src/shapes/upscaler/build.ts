@@ -8,18 +8,7 @@
 // logs. Both stages train on random crops (the networks are convolutional).
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import {
-  Generator,
-  indexSelect,
-  manualSeed,
-  noGrad,
-  randint,
-  randn,
-  scope,
-  std,
-  type Tensor,
-  tensor,
-} from "../../engine/index.js";
+import { Generator, indexSelect, manualSeed, noGrad, randint, randn, scope, std, tensor } from "../../engine/index.js";
 import { writeTextAtomic } from "../../formats/atomic-write.js";
 import { saveCheckpoint } from "../../formats/checkpoint.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../../models/stable-diffusion.js";
