@@ -64,6 +64,8 @@ export interface ExperimentSpec {
   rank?: number;
   /** LoRA of the 3×3 convolutions too (LoCon, kohya's conv_dim), at this rank; 0 or absent: none. */
   convRank?: number;
+  /** LyCORIS algorithm of a LoRA run (lora.algo); absent: lora (LoCon when convRank > 0). */
+  algo?: "lora" | "locon" | "loha" | "lokr" | "dora" | "ia3" | "full";
   seed: number;
   priorLossWeight?: number;
   /** Train the subjects as one concept (one folder of captioned pictures) instead of one concept each. */
@@ -123,7 +125,9 @@ export async function runExperiment(
     train_text_encoder: spec.trainTextEncoder,
     prior_preservation: spec.classImages > 0,
     class_images: spec.classImages,
-    ...(spec.method === "lora" ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0 } : {}),
+    ...(spec.method === "lora"
+      ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, ...(spec.algo ? { algo: spec.algo } : {}) }
+      : {}),
   };
   const config = loadTrainConfig({
     model: o.base,
@@ -142,7 +146,14 @@ export async function runExperiment(
     cache_latents: true,
     concepts,
     ...(spec.method === "lora"
-      ? { lora: { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, text_encoder: spec.trainTextEncoder } }
+      ? {
+          lora: {
+            rank: spec.rank ?? 8,
+            conv_rank: spec.convRank ?? 0,
+            text_encoder: spec.trainTextEncoder,
+            ...(spec.algo ? { algo: spec.algo } : {}),
+          },
+        }
       : {}),
     save: { formats: [spec.method === "lora" ? "lora" : "diffusers"], state: false },
   });

@@ -11,6 +11,7 @@
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
+import { type ImageStats, meanImageStats } from "../eval/image-stats.js";
 import { evalPrompts, type PromptSamples, type Scores, scoreRuns } from "../eval/score.js";
 import { writeTextAtomic } from "../formats/atomic-write.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
@@ -37,6 +38,7 @@ import {
   sampleExperiment,
   writeSubject,
 } from "./experiment.js";
+import { LYCORIS_RUNS, lycorisSpecs } from "./lab-lycoris.js";
 
 /** The lab's second subject: a blue star with a yellow dot, of the same class as the first. */
 export const SECOND_SUBJECT: SubjectDefinition = {
@@ -68,6 +70,11 @@ export interface LabRow {
   subject_variety: number;
   /** Share of the identity samples whose background is one the subject's pictures had. */
   seen_background: number;
+  /** Training loss: last step, and mean of the last tenth of the steps (null for the base). */
+  final_loss: number | null;
+  tail_loss: number | null;
+  /** Saturation, contrast and edge sharpness of all samples (src/eval/image-stats.ts). */
+  pictures: ImageStats;
 }
 
 /** Class pictures of stars rendered from the world (clean), or degraded with noise and a colour cast. */
@@ -106,6 +113,7 @@ export const LAB_RUNS = [
   "two-concepts",
   "one-concept",
   "one-concept-captioned",
+  ...LYCORIS_RUNS,
 ] as const;
 
 export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim: number })[] {
@@ -189,6 +197,7 @@ export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim:
       classDir: clean,
       oneConcept: join(data, "joint-captioned"),
     },
+    ...lycorisSpecs(sks, steps),
   ];
 }
 
@@ -238,12 +247,19 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
       const key = subjects.map((s) => s.token).join("+");
       if (!baseRuns.has(key)) {
         baseRuns.set(key, { runs: evaluateModel(base, subjects, evalOptions, "base"), subjects: spec.subjects });
+        log(
+          `  base-${key}: ${pictureLine({ pictures: meanImageStats(baseRuns.get(key)!.runs.flatMap((r) => r.images ?? [])), final_loss: null, tail_loss: null } as LabRow)}`,
+        );
       }
       const runs = sampleExperiment(result, base, subjects, evalOptions);
       const { variety, seen } = varietyOf(runs, spec.subjects);
       const scores = scoreRuns(subjects, runs, baseRuns.get(key)!.runs);
       const seconds = Math.round(result.seconds);
+      const tail = result.losses.slice(-Math.max(1, Math.floor(result.losses.length / 10)));
       rows.push({
+        final_loss: result.losses.at(-1)?.loss ?? null,
+        tail_loss: tail.length ? tail.reduce((a, r) => a + r.loss, 0) / tail.length : null,
+        pictures: meanImageStats(runs.flatMap((r) => r.images ?? [])),
         name: spec.name,
         label: spec.label,
         claim: spec.claim,
@@ -259,6 +275,9 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
       const scores = scoreRuns(subjects.map(evalSubjectOf), runs, runs);
       const label = "the base model, same prompts and seeds";
       rows.unshift({
+        final_loss: null,
+        tail_loss: null,
+        pictures: meanImageStats(runs.flatMap((r) => r.images ?? [])),
         name: `base-${key}`,
         label,
         claim: 0,
@@ -286,7 +305,14 @@ const f2 = (x: number | null): string => (x === null ? "–" : x.toFixed(2));
 
 function formatRow(r: LabRow): string {
   const s = r.scores;
-  return `identity ${f2(s.identity)}, class preservation ${f2(s.class_preservation)}, prompt following ${f2(s.prompt_following)}, bleed ${f2(s.bleed)}, variety ${f2(r.subject_variety)}`;
+  return `identity ${f2(s.identity)}, class preservation ${f2(s.class_preservation)}, prompt following ${f2(s.prompt_following)}, bleed ${f2(s.bleed)}, variety ${f2(r.subject_variety)}, ${pictureLine(r)}`;
+}
+
+const f4 = (x: number | null): string => (x === null ? "–" : x.toFixed(4));
+
+function pictureLine(r: LabRow): string {
+  const p = r.pictures;
+  return `loss ${f4(r.final_loss)} (tail mean ${f4(r.tail_loss)}), saturation ${f4(p.saturation)}, contrast ${f4(p.contrast)}, edge ${f4(p.edge)}, laplacian var ${f4(p.laplacian_var)}`;
 }
 
 export function labTable(rows: readonly LabRow[], o: { steps: number; samples: number; prompts: number }): string {
@@ -303,6 +329,13 @@ export function labTable(rows: readonly LabRow[], o: { steps: number; samples: n
     head,
     `|${"---|".repeat(10)}`,
     ...lines,
+    "",
+    "| run | final loss | loss, last tenth mean | saturation | contrast (RMS luma) | edge (mean Sobel) | Laplacian variance |",
+    `|${"---|".repeat(7)}`,
+    ...rows.map(
+      (r) =>
+        `| ${r.name} | ${f4(r.final_loss)} | ${f4(r.tail_loss)} | ${f4(r.pictures.saturation)} | ${f4(r.pictures.contrast)} | ${f4(r.pictures.edge)} | ${f4(r.pictures.laplacian_var)} |`,
+    ),
     "",
   ].join("\n");
 }
