@@ -68,6 +68,8 @@ export interface ExperimentSpec {
   rank?: number;
   /** LoRA of the 3×3 convolutions too (LoCon, kohya's conv_dim), at this rank; 0 or absent: none. */
   convRank?: number;
+  /** LyCORIS algorithm of a LoRA run (lora.algo); absent: lora (LoCon when convRank > 0). */
+  algo?: "lora" | "locon" | "loha" | "lokr" | "dora" | "ia3" | "full";
   seed: number;
   priorLossWeight?: number;
   /** Train the subjects as one concept (one folder of captioned pictures) instead of one concept each. */
@@ -138,7 +140,7 @@ export async function runExperiment(
     train_text_encoder: spec.trainTextEncoder,
     prior_preservation: spec.classImages > 0,
     class_images: spec.classImages,
-    ...(spec.method === "lora" ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0 } : {}),
+    ...(spec.method === "lora" ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, ...(spec.algo ? { algo: spec.algo } : {}) } : {}),
     ...(spec.method === "pivotal" ? { rank: spec.rank ?? 8, lora_lr: spec.loraLearningRate ?? 1e-4 } : {}),
     ...(spec.embedding ? { init_text: spec.embedding.initText, vectors: spec.embedding.vectors } : {}),
   };
@@ -157,7 +159,14 @@ export async function runExperiment(
     : spec.method === "hypernetwork"
       ? { hypernetwork: { name: spec.name } }
       : spec.method === "lora"
-        ? { lora: { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, text_encoder: spec.trainTextEncoder } }
+        ? {
+            lora: {
+              rank: spec.rank ?? 8,
+              conv_rank: spec.convRank ?? 0,
+              text_encoder: spec.trainTextEncoder,
+              ...(spec.algo ? { algo: spec.algo } : {}),
+            },
+          }
         : {};
   const format = ti
     ? "embedding_pt"

@@ -8,10 +8,12 @@
 //  3. LoRA overfits less but varies less: LoRA vs Dreambooth, both without prior;
 //  4. two subjects trained together bleed into each other; defining them as one
 //     concept, or cleaner captions (backgrounds named), changes that;
-//  5, 6. Textual Inversion, hypernetworks and pivotal tuning (lab-embeddings.ts).
+//  5, 6. Textual Inversion, hypernetworks and pivotal tuning (lab-embeddings.ts);
+//  7. LyCORIS: loss ranking, LoHa greyness, LoCon edges (lab-lycoris.ts).
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type EvalOptions, evaluateModel } from "../eval/evaluate.js";
+import { type ImageStats, meanImageStats } from "../eval/image-stats.js";
 import { evalPrompts, type PromptSamples, type Scores, scoreRuns } from "../eval/score.js";
 import { writeTextAtomic } from "../formats/atomic-write.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../models/stable-diffusion.js";
@@ -39,6 +41,7 @@ import {
   writeSubject,
 } from "./experiment.js";
 import { EMBEDDING_RUNS, embeddingSpecs } from "./lab-embeddings.js";
+import { LYCORIS_RUNS, lycorisSpecs } from "./lab-lycoris.js";
 
 /** The lab's second subject: a blue star with a yellow dot, of the same class as the first. */
 export const SECOND_SUBJECT: SubjectDefinition = {
@@ -70,6 +73,11 @@ export interface LabRow {
   subject_variety: number;
   /** Share of the identity samples whose background is one the subject's pictures had. */
   seen_background: number;
+  /** Training loss: last step, and mean of the last tenth of the steps (null for the base). */
+  final_loss: number | null;
+  tail_loss: number | null;
+  /** Saturation, contrast and edge sharpness of all samples (src/eval/image-stats.ts). */
+  pictures: ImageStats;
 }
 
 /** Class pictures of stars rendered from the world (clean), or degraded with noise and a colour cast. */
@@ -109,6 +117,7 @@ export const LAB_RUNS = [
   "one-concept",
   "one-concept-captioned",
   ...EMBEDDING_RUNS,
+  ...LYCORIS_RUNS,
 ] as const;
 
 export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim: number })[] {
@@ -193,6 +202,7 @@ export function labSpecs(out: string, steps: number): (ExperimentSpec & { claim:
       oneConcept: join(data, "joint-captioned"),
     },
     ...embeddingSpecs(data, sks, zwx, db),
+    ...lycorisSpecs(sks, steps),
   ];
 }
 
@@ -242,12 +252,19 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
       const key = subjects.map((s) => s.token).join("+");
       if (!baseRuns.has(key)) {
         baseRuns.set(key, { runs: evaluateModel(base, subjects, evalOptions, "base"), subjects: spec.subjects });
+        log(
+          `  base-${key}: ${pictureLine({ pictures: meanImageStats(baseRuns.get(key)!.runs.flatMap((r) => r.images ?? [])), final_loss: null, tail_loss: null } as LabRow)}`,
+        );
       }
       const runs = sampleExperiment(result, base, subjects, evalOptions);
       const { variety, seen } = varietyOf(runs, spec.subjects);
       const scores = scoreRuns(subjects, runs, baseRuns.get(key)!.runs);
       const seconds = Math.round(result.seconds);
+      const tail = result.losses.slice(-Math.max(1, Math.floor(result.losses.length / 10)));
       rows.push({
+        final_loss: result.losses.at(-1)?.loss ?? null,
+        tail_loss: tail.length ? tail.reduce((a, r) => a + r.loss, 0) / tail.length : null,
+        pictures: meanImageStats(runs.flatMap((r) => r.images ?? [])),
         name: spec.name,
         label: spec.label,
         claim: spec.claim,
@@ -263,6 +280,9 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
       const scores = scoreRuns(subjects.map(evalSubjectOf), runs, runs);
       const label = "the base model, same prompts and seeds";
       rows.unshift({
+        final_loss: null,
+        tail_loss: null,
+        pictures: meanImageStats(runs.flatMap((r) => r.images ?? [])),
         name: `base-${key}`,
         label,
         claim: 0,
@@ -290,7 +310,14 @@ const f2 = (x: number | null): string => (x === null ? "–" : x.toFixed(2));
 
 function formatRow(r: LabRow): string {
   const s = r.scores;
-  return `identity ${f2(s.identity)}, class preservation ${f2(s.class_preservation)}, prompt following ${f2(s.prompt_following)}, bleed ${f2(s.bleed)}, variety ${f2(r.subject_variety)}`;
+  return `identity ${f2(s.identity)}, class preservation ${f2(s.class_preservation)}, prompt following ${f2(s.prompt_following)}, bleed ${f2(s.bleed)}, variety ${f2(r.subject_variety)}, ${pictureLine(r)}`;
+}
+
+const f4 = (x: number | null): string => (x === null ? "–" : x.toFixed(4));
+
+function pictureLine(r: LabRow): string {
+  const p = r.pictures;
+  return `loss ${f4(r.final_loss)} (tail mean ${f4(r.tail_loss)}), saturation ${f4(p.saturation)}, contrast ${f4(p.contrast)}, edge ${f4(p.edge)}, laplacian var ${f4(p.laplacian_var)}`;
 }
 
 export function labTable(rows: readonly LabRow[], o: { steps: number; samples: number; prompts: number }): string {
@@ -307,6 +334,13 @@ export function labTable(rows: readonly LabRow[], o: { steps: number; samples: n
     head,
     `|${"---|".repeat(10)}`,
     ...lines,
+    "",
+    "| run | final loss | loss, last tenth mean | saturation | contrast (RMS luma) | edge (mean Sobel) | Laplacian variance |",
+    `|${"---|".repeat(7)}`,
+    ...rows.map(
+      (r) =>
+        `| ${r.name} | ${f4(r.final_loss)} | ${f4(r.tail_loss)} | ${f4(r.pictures.saturation)} | ${f4(r.pictures.contrast)} | ${f4(r.pictures.edge)} | ${f4(r.pictures.laplacian_var)} |`,
+    ),
     "",
   ].join("\n");
 }

@@ -102,11 +102,12 @@ export function evaluateModel(
       });
       for (const img of rgb) {
         samples.push(analyse(img));
-        if (prompt.kind === "class") images.push(img);
+        images.push(img);
       }
       o.onProgress?.(++done, perPrompt * prompts.length, `${label}: ${prompt.text}`);
     }
-    return prompt.kind === "class" ? { prompt, samples, images } : { prompt, samples };
+    // Images of every prompt: class ones for pixel distances, all for the lab's picture statistics.
+    return { prompt, samples, images };
   });
 }
 
