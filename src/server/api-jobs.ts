@@ -27,6 +27,65 @@ const trainBody: JsonSchema = {
   },
 };
 
+/** The txt2img settings /api/generate and /api/generate/batch share. */
+export const GENERATE_FIELDS: Record<string, JsonSchema> = {
+  model: nameSchema("a workspace model"),
+  negative: { type: "string", maxLength: 10000 },
+  sampler: { type: "string", enum: SAMPLER_NAMES },
+  steps: { type: "integer", minimum: 1, maximum: 150 },
+  cfg: { type: "number", minimum: 0, maximum: 30 },
+  seed: { type: "integer", minimum: 0, maximum: 2 ** 32 - 1 },
+  width: { type: "integer", minimum: 8, maximum: 2048 },
+  height: { type: "integer", minimum: 8, maximum: 2048 },
+  batch: { type: "integer", minimum: 1, maximum: 16 },
+};
+
+export type GenerateBody = Record<string, unknown> & { model: string; prompt: string };
+
+/** A workspace model by name; an unknown one is a 400 naming `field`. */
+export function workspaceModel(root: string, name: string, field: string): ReturnType<typeof openModel> {
+  try {
+    return openModel(name, join(root, LAYOUT.models));
+  } catch (e) {
+    if (e instanceof WorkspaceError) throw new HttpError(400, `${field}: ${e.message}`, field);
+    throw e;
+  }
+}
+
+/** A checked txt2img request as a generate job's parameters (the worker's part included). */
+export function generateParams(root: string, b: GenerateBody): Record<string, unknown> {
+  const model = workspaceModel(root, b.model, "body.model");
+  for (const k of ["width", "height"] as const) {
+    if (b[k] !== undefined && (b[k] as number) % 8 !== 0) {
+      throw new HttpError(400, `body.${k}: must be a multiple of 8, got ${b[k]}`, `body.${k}`);
+    }
+  }
+  const seed = (b.seed as number | undefined) ?? randomInt(2 ** 31);
+  const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
+  const request = { ...b, seed };
+  return {
+    request,
+    worker: {
+      kind: "generate",
+      model: model.weights,
+      modelName: b.model,
+      loraDir: join(root, LAYOUT.lora),
+      embeddingsDir: join(root, LAYOUT.embeddings),
+      hypernetworkDir: join(root, LAYOUT.hypernetworks),
+      out: join(root, LAYOUT.outputs, "txt2img", `${stamp}-${seed}.png`),
+      prompt: b.prompt,
+      negative: (b.negative as string | undefined) ?? "",
+      sampler: (b.sampler as string | undefined) ?? model.meta.scheduler,
+      steps: (b.steps as number | undefined) ?? 20,
+      cfg: (b.cfg as number | undefined) ?? 7,
+      seed,
+      width: (b.width as number | undefined) ?? 64,
+      height: (b.height as number | undefined) ?? 64,
+      batch: (b.batch as number | undefined) ?? 1,
+    },
+  };
+}
+
 const ACTIVE = new Set(["queued", "running", "paused"]);
 
 function findJob(ctx: StudioContext, id: string): Job {
@@ -42,7 +101,6 @@ export function jobJson(j: Job) {
 }
 
 export function jobRoutes(ctx: StudioContext): Route[] {
-  const modelsDir = join(ctx.root, LAYOUT.models);
   return [
     {
       method: "GET",
@@ -90,59 +148,11 @@ export function jobRoutes(ctx: StudioContext): Route[] {
       body: {
         type: "object",
         required: ["model", "prompt"],
-        properties: {
-          model: nameSchema("a workspace model"),
-          prompt: { type: "string", maxLength: 10000 },
-          negative: { type: "string", maxLength: 10000 },
-          sampler: { type: "string", enum: SAMPLER_NAMES },
-          steps: { type: "integer", minimum: 1, maximum: 150 },
-          cfg: { type: "number", minimum: 0, maximum: 30 },
-          seed: { type: "integer", minimum: 0, maximum: 2 ** 32 - 1 },
-          width: { type: "integer", minimum: 8, maximum: 2048 },
-          height: { type: "integer", minimum: 8, maximum: 2048 },
-          batch: { type: "integer", minimum: 1, maximum: 16 },
-        },
+        properties: { ...GENERATE_FIELDS, prompt: { type: "string", maxLength: 10000 } },
       },
       handler: ({ body }) => {
-        const b = body as Record<string, unknown> & { model: string; prompt: string };
-        let model: ReturnType<typeof openModel>;
-        try {
-          model = openModel(b.model, modelsDir);
-        } catch (e) {
-          if (e instanceof WorkspaceError) throw new HttpError(400, `body.model: ${e.message}`, "body.model");
-          throw e;
-        }
-        for (const k of ["width", "height"] as const) {
-          if (b[k] !== undefined && (b[k] as number) % 8 !== 0) {
-            throw new HttpError(400, `body.${k}: must be a multiple of 8, got ${b[k]}`, `body.${k}`);
-          }
-        }
-        const seed = (b.seed as number | undefined) ?? randomInt(2 ** 31);
-        const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
-        const request = { ...b, seed };
-        return jobJson(
-          ctx.enqueue("generate", b.model, {
-            request,
-            worker: {
-              kind: "generate",
-              model: model.weights,
-              modelName: b.model,
-              loraDir: join(ctx.root, LAYOUT.lora),
-              embeddingsDir: join(ctx.root, LAYOUT.embeddings),
-              hypernetworkDir: join(ctx.root, LAYOUT.hypernetworks),
-              out: join(ctx.root, LAYOUT.outputs, "txt2img", `${stamp}-${seed}.png`),
-              prompt: b.prompt,
-              negative: (b.negative as string | undefined) ?? "",
-              sampler: (b.sampler as string | undefined) ?? model.meta.scheduler,
-              steps: (b.steps as number | undefined) ?? 20,
-              cfg: (b.cfg as number | undefined) ?? 7,
-              seed,
-              width: (b.width as number | undefined) ?? 64,
-              height: (b.height as number | undefined) ?? 64,
-              batch: (b.batch as number | undefined) ?? 1,
-            },
-          }),
-        );
+        const b = body as GenerateBody;
+        return jobJson(ctx.enqueue("generate", b.model, generateParams(ctx.root, b)));
       },
     },
     {

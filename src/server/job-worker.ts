@@ -16,6 +16,7 @@ import {
   type SAMPLER_NAMES,
   saveImages,
 } from "../index.js";
+import { type ClassImagesJob, classImages, type EvalJob, evaluation } from "./job-worker-extra.js";
 
 export interface CreateModelJob {
   kind: "create-model";
@@ -70,14 +71,17 @@ export interface MergeCheckpointsJob {
   out: string;
 }
 
-export type WorkerJob = CreateModelJob | GenerateJob | MergeLoraJob | MergeCheckpointsJob;
+export type WorkerJob = CreateModelJob | GenerateJob | MergeLoraJob | MergeCheckpointsJob | ClassImagesJob | EvalJob;
 
 export type FromWorker =
   | { type: "progress"; step: number; total: number }
   | { type: "result"; result: Record<string, unknown> }
   | { type: "error"; message: string };
 
-function run(job: WorkerJob): Record<string, unknown> {
+async function run(job: WorkerJob): Promise<Record<string, unknown>> {
+  const progress = (step: number, total: number) => send({ type: "progress", step, total });
+  if (job.kind === "class-images") return classImages(job, progress);
+  if (job.kind === "eval") return evaluation(job, progress);
   if (job.kind === "create-model") {
     const m = createModel(job.name, {
       from: job.from,
@@ -143,10 +147,8 @@ if (!process.send) {
 }
 process.on("disconnect", () => process.exit(0));
 process.once("message", (m: { type: "run"; job: WorkerJob }) => {
-  try {
-    const result = run(m.job);
-    send({ type: "result", result }, () => process.exit(0));
-  } catch (e) {
-    send({ type: "error", message: e instanceof Error ? e.message : String(e) }, () => process.exit(1));
-  }
+  run(m.job).then(
+    (result) => send({ type: "result", result }, () => process.exit(0)),
+    (e) => send({ type: "error", message: e instanceof Error ? e.message : String(e) }, () => process.exit(1)),
+  );
 });

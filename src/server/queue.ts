@@ -7,7 +7,14 @@
 import { join } from "node:path";
 import Database from "better-sqlite3";
 
-export type JobKind = "train" | "generate" | "create-model" | "merge-lora" | "merge-checkpoints";
+export type JobKind =
+  | "train"
+  | "generate"
+  | "create-model"
+  | "merge-lora"
+  | "merge-checkpoints"
+  | "class-images"
+  | "eval";
 export type JobStatus = "queued" | "running" | "paused" | "done" | "failed" | "cancelled";
 
 export interface Job {

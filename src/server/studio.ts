@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { packageRoot } from "../index.js";
 import { jobRoutes } from "./api-jobs.js";
 import { mergeRoutes } from "./api-merge.js";
+import { studioJobRoutes } from "./api-studio-jobs.js";
 import { workspaceRoutes } from "./api-workspace.js";
 import { openApi, type Route, Router, sendJson, serveStatic, TOKEN_COOKIE, tokenIn } from "./http.js";
 import { JobQueue } from "./queue.js";
@@ -76,6 +77,7 @@ export async function startStudio(o: StudioOptions): Promise<Studio> {
     ...workspaceRoutes(ctx),
     ...jobRoutes(ctx),
     ...mergeRoutes(ctx),
+    ...studioJobRoutes(ctx),
   ];
   const document = openApi(routes, version);
   routes.push({ method: "GET", path: "/api/openapi.json", summary: "this document", handler: () => document });
