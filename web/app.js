@@ -2,6 +2,7 @@
 // outside the studio. Every action is one call of the JSON API
 // (/api/openapi.json); the pages hold no logic of their own.
 import { loadMerge } from "./merge.js";
+import { loadStudioJobs } from "./studio-jobs.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
@@ -629,10 +630,10 @@ async function loadLab() {
 
 const loaders = {
   models: () => Promise.all([loadModels(), loadMerge()]),
-  train: loadTrain,
+  train: () => Promise.all([loadTrain(), loadStudioJobs()]),
   jobs: loadJobs,
-  generate: loadGenerate,
+  generate: () => Promise.all([loadGenerate(), loadStudioJobs()]),
   library: loadLibrary,
-  lab: loadLab,
+  lab: () => Promise.all([loadLab(), loadStudioJobs()]),
 };
 showPage();
