@@ -19,8 +19,14 @@ async function follow(ids, status, done) {
   for (;;) {
     const jobs = await Promise.all(ids.map((id) => api("GET", `/api/jobs/${id}`)));
     const bad = jobs.find((j) => j.status === "failed" || j.status === "cancelled");
-    if (bad) return (status.textContent = `job ${bad.id} ${bad.status}: ${bad.error ?? ""}`);
-    if (jobs.every((j) => j.status === "done")) return (status.textContent = done(jobs));
+    if (bad) {
+      status.textContent = `job ${bad.id} ${bad.status}: ${bad.error ?? ""}`;
+      return;
+    }
+    if (jobs.every((j) => j.status === "done")) {
+      status.textContent = done(jobs);
+      return;
+    }
     const j = jobs.find((x) => x.status !== "done");
     status.textContent = `job ${j.id}: ${j.status} ${j.step}/${j.total}…`;
     await new Promise((r) => setTimeout(r, 500));
