@@ -9,8 +9,12 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { injectLora, saveLora } from "../../src/adapters/network.js";
+import { Generator, noGrad, normal_ } from "../../src/engine/index.js";
 import { readPngText } from "../../src/formats/png.js";
+import { disposeStableDiffusion, loadStableDiffusion } from "../../src/models/stable-diffusion.js";
 import { type Studio, startStudio } from "../../src/server/studio.js";
+import { shapesBasePath } from "../../src/shapes/base-path.js";
 import { call, gentleEnv, studioDirs, waitJob } from "./studio-helper.js";
 
 const dirs = studioDirs("atelier-studio-jobs-");
@@ -127,6 +131,41 @@ test("eval: a job whose report.html lands in outputs/eval/NAME, listed and serve
   assert.equal(html.status, 200);
   assert.match(await html.text(), /identity/);
   await refused(P, ok, 409, "body.name");
+});
+
+test("eval with a LoRA of models/Lora against the built-in shapes base", async () => {
+  {
+    // a LoRA of the shapes base with non-zero up factors
+    const m = loadStableDiffusion(shapesBasePath());
+    const net = injectLora(m, { rank: 2, alpha: 2, generator: new Generator(3) });
+    const g = new Generator(4);
+    noGrad(() => {
+      for (const [k, t] of net.stateDict()) if (k.endsWith("lora_up.weight")) normal_(t, 0, 0.2, g);
+    });
+    g.dispose();
+    mkdirSync(join(dirs.workspace, "models", "Lora"), { recursive: true });
+    saveLora(join(dirs.workspace, "models", "Lora", "l1.safetensors"), net);
+    net.remove();
+    disposeStableDiffusion(m);
+  }
+  const job = await call(base, "POST", "/api/eval", {
+    name: "e2",
+    model: "shapes",
+    lora: "l1",
+    lora_scale: 0.5,
+    samples: 1,
+    steps: 1,
+  });
+  assert.equal(job.status, 200, JSON.stringify(job.body));
+  const done = await waitJob(base, job.body.id as number, { timeoutMs: 300_000 });
+  assert.equal(done.status, "done", String(done.error));
+  const report = JSON.parse(readFileSync(join(dirs.workspace, "outputs/eval/e2/eval.json"), "utf8"));
+  assert.equal(report.settings.base, "shapes-base");
+  assert.equal(report.settings.same_model, false);
+  assert.deepEqual(report.settings.lora, {
+    path: join(dirs.workspace, "models", "Lora", "l1.safetensors"),
+    scale: 0.5,
+  });
 });
 
 test("batch generation: one txt2img job per prompt, seeds SEED+i; a bad prompt queues none", async () => {
