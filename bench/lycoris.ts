@@ -13,7 +13,7 @@
 // The Atelier child prints the adapter tensors' shapes; the PyTorch child
 // builds the same tensors from them.
 //
-//   nice -n 10 node dist/bench/lycoris.js [--reps N] [--warmup N] [--python PATH]
+//   nice -n 10 node dist/bench/lycoris.js [--reps N] [--warmup N] [--rounds N] [--python PATH]
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -50,6 +50,7 @@ const flag = (name: string, dflt: string) => {
 const reps = Number(flag("reps", "7"));
 const warmup = Number(flag("warmup", "2"));
 const python = flag("python", "/usr/bin/python3");
+const rounds = Number(flag("rounds", "3"));
 
 function statusMb(field: string): number {
   const m = readFileSync("/proc/self/status", "utf8").match(new RegExp(`${field}:\\s+(\\d+) kB`));
@@ -144,36 +145,50 @@ if (args[0] === "--child") {
   console.log(JSON.stringify(child(args[1] as Algo)));
 } else {
   const self = fileURLToPath(import.meta.url);
-  const rows: { algo: Algo; a: ChildResult; p: { step_ms: number; peak_mb: number; step_mb: number } }[] = [];
-  for (const algo of ALGOS) {
-    const out = execFileSync(
-      process.execPath,
-      [self, "--child", algo, "--reps", String(reps), "--warmup", String(warmup)],
-      {
+  type Side = { step_ms: number; peak_mb: number; step_mb: number };
+  const runs: Record<string, { a: Side; p: Side }[]> = Object.fromEntries(ALGOS.map((a) => [a, []]));
+  // Rounds run every algorithm on both sides in turn, so that a change of machine load hits both;
+  // each column is the median over the rounds, each ratio the median of the rounds' ratios.
+  for (let round = 0; round < rounds; round++)
+    for (const algo of ALGOS) {
+      const out = execFileSync(
+        process.execPath,
+        [self, "--child", algo, "--reps", String(reps), "--warmup", String(warmup)],
+        { encoding: "utf8", maxBuffer: 1 << 24 },
+      );
+      const a = JSON.parse(out.trim().split("\n").pop()!) as ChildResult;
+      const spec = JSON.stringify({ algo, reps, warmup, layers: a.layers });
+      const pout = execFileSync(python, [join(REPO, "bench", "lycoris_ref.py"), spec], {
         encoding: "utf8",
         maxBuffer: 1 << 24,
-      },
-    );
-    const a = JSON.parse(out.trim().split("\n").pop()!) as ChildResult;
-    const spec = JSON.stringify({ algo, reps, warmup, layers: a.layers });
-    const pout = execFileSync(python, [join(REPO, "bench", "lycoris_ref.py"), spec], {
-      encoding: "utf8",
-      maxBuffer: 1 << 24,
-    });
-    const p = JSON.parse(pout.trim().split("\n").pop()!) as ChildResult;
-    rows.push({ algo, a, p });
-    console.error(`${algo}: Atelier ${a.step_ms.toFixed(1)} ms, PyTorch ${p.step_ms.toFixed(1)} ms`);
-  }
-  const r = (x: number, y: number) => (x / y).toFixed(2);
+      });
+      const p = JSON.parse(pout.trim().split("\n").pop()!) as Side;
+      runs[algo].push({ a, p });
+      console.error(
+        `round ${round + 1} ${algo}: Atelier ${a.step_ms.toFixed(1)} ms, PyTorch ${p.step_ms.toFixed(1)} ms`,
+      );
+    }
   console.log(
-    `LyCORIS step (forward + backward + AdamW) on Linear 320→320, 768→320, 1280→1280 and Conv2d 320→320 3×3, rank ${RANK}, conv rank ${CONV_RANK}, alpha = rank; 1 thread, median of ${reps} steps after ${warmup}; one process per algorithm and side`,
+    `LyCORIS step (forward + backward + AdamW) on Linear 320→320, 768→320, 1280→1280 and Conv2d 320→320 3×3, rank ${RANK}, conv rank ${CONV_RANK}, alpha = rank; 1 thread, median of ${reps} steps after ${warmup}, ${rounds} alternating rounds; one process per algorithm, side and round`,
   );
   console.log(
     "| algo | Atelier ms | PyTorch ms | ratio | Atelier step MB | PyTorch step MB | ratio | Atelier peak MB | PyTorch peak MB | ratio |",
   );
   console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-  for (const { algo, a, p } of rows)
-    console.log(
-      `| ${algo} | ${a.step_ms.toFixed(1)} | ${p.step_ms.toFixed(1)} | ${r(a.step_ms, p.step_ms)} | ${a.step_mb.toFixed(1)} | ${p.step_mb.toFixed(1)} | ${r(a.step_mb, p.step_mb)} | ${a.peak_mb.toFixed(0)} | ${p.peak_mb.toFixed(0)} | ${r(a.peak_mb, p.peak_mb)} |`,
-    );
+  for (const algo of ALGOS) {
+    const rs = runs[algo];
+    const med = (f: (x: { a: Side; p: Side }) => number) => median(rs.map(f));
+    const cells = [
+      med((x) => x.a.step_ms).toFixed(1),
+      med((x) => x.p.step_ms).toFixed(1),
+      med((x) => x.a.step_ms / x.p.step_ms).toFixed(2),
+      med((x) => x.a.step_mb).toFixed(1),
+      med((x) => x.p.step_mb).toFixed(1),
+      med((x) => x.a.step_mb / x.p.step_mb).toFixed(2),
+      med((x) => x.a.peak_mb).toFixed(0),
+      med((x) => x.p.peak_mb).toFixed(0),
+      med((x) => x.a.peak_mb / x.p.peak_mb).toFixed(2),
+    ];
+    console.log(`| ${algo} | ${cells.join(" | ")} |`);
+  }
 }
