@@ -47,10 +47,10 @@ const flag = (name: string, dflt: string) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && args[i + 1] ? args[i + 1] : dflt;
 };
-const reps = Number(flag("reps", "7"));
+const reps = Number(flag("reps", "5"));
 const warmup = Number(flag("warmup", "2"));
 const python = flag("python", "/usr/bin/python3");
-const rounds = Number(flag("rounds", "3"));
+const rounds = Number(flag("rounds", "2"));
 
 function statusMb(field: string): number {
   const m = readFileSync("/proc/self/status", "utf8").match(new RegExp(`${field}:\\s+(\\d+) kB`));
