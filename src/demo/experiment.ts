@@ -140,9 +140,7 @@ export async function runExperiment(
     train_text_encoder: spec.trainTextEncoder,
     prior_preservation: spec.classImages > 0,
     class_images: spec.classImages,
-    ...(spec.method === "lora"
-      ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, ...(spec.algo ? { algo: spec.algo } : {}) }
-      : {}),
+    ...(spec.method === "lora" ? { rank: spec.rank ?? 8, conv_rank: spec.convRank ?? 0, ...(spec.algo ? { algo: spec.algo } : {}) } : {}),
     ...(spec.method === "pivotal" ? { rank: spec.rank ?? 8, lora_lr: spec.loraLearningRate ?? 1e-4 } : {}),
     ...(spec.embedding ? { init_text: spec.embedding.initText, vectors: spec.embedding.vectors } : {}),
   };
