@@ -169,7 +169,7 @@ test("refused by name: full bias diffs, PEFT DoRA, SDXL, unknown keys, half modu
     [{ "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": [2, 8] }, /LDM\/SGM layout/],
     [
       { [`${name}.oft_blocks`]: [8, 8] },
-      /1 keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full\): lora_unet_down_blocks_0_attentions_0_proj_in\.oft_blocks/,
+      /1 keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full, norm\): lora_unet_down_blocks_0_attentions_0_proj_in\.oft_blocks/,
     ],
     [
       { [`${name}.lora_down.weight`]: [2, 8] },
