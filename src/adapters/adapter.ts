@@ -16,7 +16,8 @@ import type { Tensor } from "../engine/index.js";
 import type { Forward, Module } from "../nn/index.js";
 
 /** What kind of layer a target is: adapters say which they support. */
-export type LayerKind = "linear" | "conv1x1" | "conv3x3" | "conv";
+/** "norm": a GroupNorm / LayerNorm (LyCORIS train_norm; weightShape [channels]). */
+export type LayerKind = "linear" | "conv1x1" | "conv3x3" | "conv" | "norm";
 
 /** A layer in the tree: a module with a one-tensor forward. */
 export type Layer = Module & Forward;

@@ -3,11 +3,21 @@
 // difference is trained, ΔW = diff, saved as `<module>.diff`. It starts at
 // zero. LyCORIS 3.2's own FullModule cannot run applied (see the fixture
 // README); Atelier implements W' = W0 + m·diff, what its files mean to
-// A1111 and ComfyUI. Bias differences (`diff_b`) are refused on reading.
-import { type DType, keep, rand, scope, type Tensor, zeros } from "../engine/index.js";
+// A1111 and ComfyUI. A layer with a bias also trains its difference, saved
+// as `<module>.diff_b` (full.py: `bias` = zeros_like(org bias), state dict
+// diff_b = bias − org bias; A1111 network_full.py ex_bias = diff_b; ComfyUI
+// comfy/lora.py diff_b added to the bias): b' = b0 + m·diff_b. A diff_b for a
+// layer without a bias is refused, naming the module.
+import { type DType, keep, noGrad, rand, scope, type Tensor, zeros } from "../engine/index.js";
 import type { AdapterMethod, AdapterTarget, Layer } from "./adapter.js";
 import { applyWeight } from "./functional/lora.js";
 import { AdapterLayer, baseLayer, weightShape } from "./wrapped-layer.js";
+
+/** The bias tensor of a Linear/Conv2d, or null. */
+function biasOf(l: Layer): Tensor | null {
+  const base = baseLayer(l);
+  return base?.bias ? (base.namedParameters().get("bias") ?? null) : null;
+}
 
 export interface FullOptions {
   moduleDropout?: number;
@@ -16,13 +26,45 @@ export interface FullOptions {
 
 export class FullModule extends AdapterLayer {
   #diff: Tensor;
+  #diffB: Tensor | null;
+  #biasMerged: number | null = null;
   readonly moduleDropout: number;
 
-  /** Takes ownership of diff (in the layer's weight shape, on its device). */
-  constructor(target: AdapterTarget, original: Layer, diff: Tensor, moduleDropout = 0) {
+  /** Takes ownership of diff (in the layer's weight shape, on its device) and diff_b ([out], for a layer with a bias). */
+  constructor(target: AdapterTarget, original: Layer, diff: Tensor, moduleDropout = 0, diffB: Tensor | null = null) {
     super(target, original);
+    if (diffB && !biasOf(original)) throw new Error(`${target.name}: diff_b for a layer without a bias`);
     this.#diff = diff;
+    this.#diffB = diffB;
     this.moduleDropout = moduleDropout;
+  }
+
+  /** The bias difference (float32, multiplier applied), or null. */
+  biasDelta(): Tensor | null {
+    const b = this.#diffB;
+    return b ? scope(() => b.float().mul(this.multiplier)) : null;
+  }
+
+  override merge(): void {
+    if (this.merged) return;
+    const m = this.multiplier;
+    super.merge();
+    this.#addBias(m);
+    this.#biasMerged = m;
+  }
+
+  override unmerge(): void {
+    if (!this.merged) return;
+    super.unmerge();
+    if (this.#biasMerged !== null) this.#addBias(-this.#biasMerged);
+    this.#biasMerged = null;
+  }
+
+  #addBias(m: number): void {
+    const d = this.#diffB;
+    const b = biasOf(this.original);
+    if (!d || !b) return;
+    noGrad(() => scope(() => b.copy_(b.float().add(d.to(b.device, "float32"), m))));
   }
 
   protected delta(): Tensor {
@@ -32,19 +74,27 @@ export class FullModule extends AdapterLayer {
   protected bypass(x: Tensor): Tensor | null {
     if (this.training && this.moduleDropout > 0 && scope(() => rand([1]).item()) < this.moduleDropout) return null;
     const d = this.#diff;
-    return scope(() => applyWeight(x.dtype === d.dtype ? x : x.to(d.dtype), d, this.op));
+    const db = this.#diffB;
+    return scope(() => {
+      const y = applyWeight(x.dtype === d.dtype ? x : x.to(d.dtype), d, this.op);
+      if (!db) return y;
+      return y.add(this.op.kind === "linear" ? db : db.reshape(1, db.size(0), 1, 1));
+    });
   }
 
   adapterTensors(): Map<string, Tensor> {
-    return new Map([["diff", this.#diff]]);
+    const out = new Map([["diff", this.#diff]]);
+    if (this.#diffB) out.set("diff_b", this.#diffB);
+    return out;
   }
 
   trainableParameters(): Tensor[] {
-    return [this.#diff];
+    return this.#diffB ? [this.#diff, this.#diffB] : [this.#diff];
   }
 
   disposeAdapter(): void {
     this.#diff.dispose();
+    this.#diffB?.dispose();
   }
 }
 
@@ -55,19 +105,22 @@ export const full: AdapterMethod<FullOptions> = {
   networkModule: "lycoris.kohya",
   // full.py weight_list / weight_list_det
   keys: {
-    all: ["diff"],
+    all: ["diff", "diff_b"],
     detect: [["diff"]],
     required: [[["diff"]]],
     rank: [],
-    refused: { diff_b: "full bias differences" },
+    refused: {},
   },
   supports: () => true,
   create(target, original, o) {
     const base = baseLayer(original);
     if (!base) throw new Error(`${target.name}: ${target.path} is not a Linear or Conv2d`);
     const w = base.weight;
-    const diff = keep(zeros(weightShape(base), { dtype: o.dtype ?? w.dtype, device: w.device })).requiresGrad_(true);
-    return new FullModule(target, original, diff, o.moduleDropout ?? 0);
+    const make = (shape: number[]) =>
+      keep(zeros(shape, { dtype: o.dtype ?? w.dtype, device: w.device })).requiresGrad_(true);
+    const diff = make(weightShape(base));
+    const diffB = biasOf(original) ? make([weightShape(base)[0]]) : null;
+    return new FullModule(target, original, diff, o.moduleDropout ?? 0, diffB);
   },
   fromTensors(target, original, tensors) {
     try {
@@ -80,19 +133,22 @@ export const full: AdapterMethod<FullOptions> = {
       const shape = weightShape(base);
       if (d.numel !== shape.reduce((a, b) => a * b, 1) || d.size(0) !== shape[0])
         throw new Error(`${target.name}: the full diff [${d.shape}] does not fit the layer's weight [${shape}]`);
+      const db = tensors.get("diff_b");
+      if (db && !biasOf(original))
+        throw new Error(`${target.name}: diff_b for a layer without a bias (${target.path})`);
+      if (db && (db.numel !== shape[0] || db.shape.length > 1))
+        throw new Error(`${target.name}: the full diff_b [${db.shape}] does not fit the layer's bias [${shape[0]}]`);
       const w = base.weight;
-      return new FullModule(
-        target,
-        original,
+      const own = (t: Tensor, s: number[]) =>
         keep(
           scope(() =>
-            d
+            t
               .to(w.device, w.dtype)
-              .reshape(...shape)
+              .reshape(...s)
               .clone(),
           ),
-        ),
-      );
+        );
+      return new FullModule(target, original, own(d, shape), 0, db ? own(db, [shape[0]]) : null);
     } finally {
       for (const t of tensors.values()) t.dispose();
     }

@@ -1,4 +1,5 @@
-// Adapters: the interface, one file per method (LoRA/LoCon, LoHa, LoKr, DoRA, (IA)³, full train and load), the
+// Adapters: the interface, one file per method (LoRA/LoCon, LoHa, LoKr, DoRA, (IA)³, full,
+// LyCORIS norm modules train and load), the
 // registry they are listed in, networks over a model.
 export * from "./adapter.js";
 export * from "./dora.js";
@@ -16,6 +17,7 @@ export * from "./lora-file.js";
 export { LycorisModule } from "./lycoris-module.js";
 export * from "./network.js";
 export * from "./network-algo.js";
+export * from "./norm.js";
 export * from "./prompt-hypernetworks.js";
 export * from "./prompt-loras.js";
 export * from "./registry.js";

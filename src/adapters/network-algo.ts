@@ -41,6 +41,8 @@ export interface NetworkOptions {
   weightDecompose?: boolean;
   /** DoRA norms over output rows (LyCORIS wd_on_out) instead of input columns (what A1111 reads). */
   doraOnOutput?: boolean;
+  /** Also train the norm layers (LyCORIS train_norm; ./norm.ts). */
+  trainNorm?: boolean;
   unet?: boolean;
   textEncoder?: boolean;
   generator?: Generator;
@@ -156,6 +158,7 @@ export function networkArgs(o: NetworkOptions): Record<string, string> {
     if (o.decomposeBoth) a.decompose_both = "True";
   }
   if (o.useTucker) a.use_tucker = "True";
+  if (o.trainNorm) a.train_norm = "True";
   if (o.algo === "dora" || o.weightDecompose) {
     a.dora_wd = "True";
     a.wd_on_out = o.doraOnOutput ? "True" : "False";
@@ -178,7 +181,8 @@ export function injectAlgo(model: LoraModelParts, o: NetworkOptions): LoraNetwor
     const e = rankError(o, t);
     if (e) throw new Error(e);
   }
-  if ((o.algo === "lora" || o.algo === "locon") && !o.weightDecompose && !o.useTucker)
+  // with train_norm the file is LyCORIS' (kohya's networks.lora has no norm modules)
+  if ((o.algo === "lora" || o.algo === "locon") && !o.weightDecompose && !o.useTucker && !o.trainNorm)
     return injectLora(model, { ...o, convRank: conv ? o.convRank : undefined });
   const first = targets[0];
   if (!first) throw new Error("no layer to adapt (neither UNet nor text encoder selected)");
@@ -189,6 +193,8 @@ export function injectAlgo(model: LoraModelParts, o: NetworkOptions): LoraNetwor
     textEncoder: o.textEncoder,
     conv,
     multiplier: o.multiplier,
+    trainNorm: o.trainNorm,
+    normModuleDropout: o.moduleDropout,
     spec: {
       module: "lycoris.kohya",
       dim: NO_RANK.has(o.algo) ? "None" : String(o.rank),

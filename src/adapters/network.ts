@@ -21,6 +21,7 @@ import {
   LoraFormatError,
   loadLoraFile,
 } from "./lora-file.js";
+import { norm } from "./norm.js";
 import { ADAPTER_REGISTRY, type AdapterRegistry } from "./registry.js";
 import { type Component, type LoraModelParts, layerIndex, loraTargets } from "./targets.js";
 import { AdapterLayer } from "./wrapped-layer.js";
@@ -173,6 +174,10 @@ export interface InjectNetworkOptions<Options> {
   freezeBase?: boolean;
   /** The network's ss_network_* (default: the method's network module, dim and alpha "None"). */
   spec?: NetworkSpec;
+  /** Also train the norm layers of the targeted containers (LyCORIS train_norm: ./norm.ts modules, zero at start). */
+  trainNorm?: boolean;
+  /** Module dropout of the norm modules (LyCORIS passes the network's to NormModule). */
+  normModuleDropout?: number;
 }
 
 /**
@@ -185,11 +190,17 @@ export function injectNetwork<Options>(
   method: AdapterMethod<Options>,
   o: InjectNetworkOptions<Options>,
 ): LoraNetwork {
-  const targets = loraTargets(model, { unet: o.unet, textEncoder: o.textEncoder, conv: o.conv ?? false });
+  const targets = loraTargets(model, {
+    unet: o.unet,
+    textEncoder: o.textEncoder,
+    conv: o.conv ?? false,
+    norms: o.trainNorm ?? false,
+  });
   if (targets.length === 0)
     throw new Error(`injectNetwork (${method.label}): no layer to adapt (neither UNet nor text encoder selected)`);
   for (const t of targets)
-    if (!method.supports(t.kind)) throw new Error(`${t.name}: ${method.label} does not adapt ${t.kind} layers`);
+    if (t.kind !== "norm" && !method.supports(t.kind))
+      throw new Error(`${t.name}: ${method.label} does not adapt ${t.kind} layers`);
   const frozen: [Tensor, boolean][] = [];
   if (o.freezeBase ?? true)
     for (const part of [model.unet, model.textEncoder])
@@ -201,7 +212,11 @@ export function injectNetwork<Options>(
   try {
     for (const t of targets) {
       const root = model[t.component]!;
-      const m = method.create(t, root.getModule(t.path) as Layer, o.moduleOptions(t));
+      const layer = root.getModule(t.path) as Layer;
+      const m =
+        t.kind === "norm"
+          ? norm.create(t, layer, { moduleDropout: o.normModuleDropout })
+          : method.create(t, layer, o.moduleOptions(t));
       m.multiplier = o.multiplier ?? 1;
       root.replaceModule(t.path, m);
       modules.push(m);

@@ -12,9 +12,10 @@ import { detects, missingKey, partialDetection } from "./keys.js";
 import { loha } from "./loha.js";
 import { lokr } from "./lokr.js";
 import { lora } from "./lora.js";
+import { norm } from "./norm.js";
 
 /** Every adapter method, in detection order. */
-export const ADAPTERS: readonly Adapter[] = [lora, loha, lokr, dora, ia3, full];
+export const ADAPTERS: readonly Adapter[] = [lora, loha, lokr, dora, ia3, full, norm];
 
 /** A set of methods and what is derived from their keys. */
 export interface AdapterRegistry {

@@ -7,6 +7,7 @@ import { Downsample2D, ResnetBlock2D, Transformer2DModel, Upsample2D } from "../
 import { ClipAttention, ClipMlp } from "../models/clip/text-encoder.js";
 import type { Module } from "../nn/index.js";
 import type { AdapterTarget } from "./adapter.js";
+import { normChannels, normLayer } from "./norm.js";
 import { baseLayer, layerKind, weightShape } from "./wrapped-layer.js";
 
 export const UNET_PREFIX = "lora_unet";
@@ -36,7 +37,7 @@ const TE_CONTAINERS: ModuleClass[] = [ClipAttention, ClipMlp];
 
 function target(component: Component, path: string, m: Module): AdapterTarget | null {
   const base = baseLayer(m);
-  if (!base) return null;
+  if (!base) return normTarget(component, path, m);
   return {
     name: kohyaName(PREFIX[component], path),
     path,
@@ -46,8 +47,15 @@ function target(component: Component, path: string, m: Module): AdapterTarget | 
   };
 }
 
+/** A GroupNorm / LayerNorm as a target of kind "norm" (weightShape [channels]), or null. */
+function normTarget(component: Component, path: string, m: Module): AdapterTarget | null {
+  const n = normLayer(m);
+  if (!n) return null;
+  return { name: kohyaName(PREFIX[component], path), path, component, kind: "norm", weightShape: [normChannels(n)] };
+}
+
 /** Every Linear/Conv2d inside a module of the given classes, in tree order (create_modules). */
-function findTargets(root: Module, component: Component, containers: ModuleClass[]): AdapterTarget[] {
+function findTargets(root: Module, component: Component, containers: ModuleClass[], norms = false): AdapterTarget[] {
   const out: AdapterTarget[] = [];
   const seen = new Set<string>();
   for (const [path, m] of root.namedModules()) {
@@ -55,6 +63,7 @@ function findTargets(root: Module, component: Component, containers: ModuleClass
     for (const [sub, child] of m.namedModules()) {
       if (sub === "") continue;
       const t = target(component, path ? `${path}.${sub}` : sub, child);
+      if (t && t.kind === "norm" && !norms) continue;
       if (t && !seen.has(t.name)) {
         seen.add(t.name);
         out.push(t);
@@ -71,21 +80,23 @@ export interface LoraTargetOptions {
   textEncoder?: boolean;
   /** Also the resnets, downsamplers and upsamplers (kohya conv_dim, "LoCon"). */
   conv?: boolean;
+  /** Also the GroupNorm / LayerNorm layers inside those containers (LyCORIS train_norm, kohya.py create_single_module). */
+  norms?: boolean;
 }
 
 /** kohya's default targets: text encoder first, then the UNet, as LoRANetwork lists them. */
 export function loraTargets(model: LoraModelParts, o: LoraTargetOptions = {}): AdapterTarget[] {
   const out: AdapterTarget[] = [];
   if ((o.textEncoder ?? true) && model.textEncoder)
-    out.push(...findTargets(model.textEncoder, "textEncoder", TE_CONTAINERS));
+    out.push(...findTargets(model.textEncoder, "textEncoder", TE_CONTAINERS, o.norms));
   if ((o.unet ?? true) && model.unet) {
     const containers = o.conv ? [...UNET_CONTAINERS, ...UNET_CONV_CONTAINERS] : UNET_CONTAINERS;
-    out.push(...findTargets(model.unet, "unet", containers));
+    out.push(...findTargets(model.unet, "unet", containers, o.norms));
   }
   return out;
 }
 
-/** Every Linear and Conv2d of the model by kohya name: what a file may adapt (A1111 maps any layer too). */
+/** Every Linear, Conv2d and norm layer of the model by kohya name: what a file may adapt (A1111 maps any layer too). */
 export function layerIndex(model: LoraModelParts): Map<string, AdapterTarget> {
   const out = new Map<string, AdapterTarget>();
   for (const component of ["textEncoder", "unet"] as const) {

@@ -94,6 +94,14 @@ export class GroupNorm extends Module implements Forward {
     this.param("bias", [channels], { value: 0 });
   }
 
+  get weight(): Tensor {
+    return this.p("weight");
+  }
+
+  get bias(): Tensor {
+    return this.p("bias");
+  }
+
   forward(x: Tensor): Tensor {
     return groupNorm(x, this.groups, this.p("weight"), this.p("bias"), this.eps);
   }
@@ -108,6 +116,14 @@ export class LayerNorm extends Module implements Forward {
     super(init);
     this.param("weight", [dim], { value: 1 });
     this.param("bias", [dim], { value: 0 });
+  }
+
+  get weight(): Tensor {
+    return this.p("weight");
+  }
+
+  get bias(): Tensor {
+    return this.p("bias");
   }
 
   forward(x: Tensor): Tensor {

@@ -154,13 +154,9 @@ test("PEFT: adapter_config.json gives alpha, alpha_pattern and rsLoRA's alpha·�
   assert.throws(() => loadLoraFile(folder), /DoRA adapters \(use_dora\) are not supported/);
 });
 
-test("refused by name: full bias diffs, PEFT DoRA, SDXL, unknown keys, half modules, non-LoRA files, missing files", () => {
+test("refused by name: PEFT DoRA, SDXL, unknown keys, half modules, non-LoRA files, missing files", () => {
   const name = "lora_unet_down_blocks_0_attentions_0_proj_in";
   const cases: [Record<string, number[] | [[number]]>, RegExp][] = [
-    [
-      { [`${name}.diff`]: [8, 8], [`${name}.diff_b`]: [8] },
-      /full bias differences \('lora_unet_down_blocks_0_attentions_0_proj_in\.diff_b'\) are not supported/,
-    ],
     [{ [`unet.${ATTN}.to_q.lora_A.weight`]: [2, 8], [`unet.${ATTN}.to_q.lora_magnitude_vector`]: [8] }, /DoRA/],
     [
       { "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": [2, 8] },
@@ -169,7 +165,7 @@ test("refused by name: full bias diffs, PEFT DoRA, SDXL, unknown keys, half modu
     [{ "lora_unet_input_blocks_1_1_proj_in.lora_down.weight": [2, 8] }, /LDM\/SGM layout/],
     [
       { [`${name}.oft_blocks`]: [8, 8] },
-      /1 keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full\): lora_unet_down_blocks_0_attentions_0_proj_in\.oft_blocks/,
+      /1 keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full, norm\): lora_unet_down_blocks_0_attentions_0_proj_in\.oft_blocks/,
     ],
     [
       { [`${name}.lora_down.weight`]: [2, 8] },

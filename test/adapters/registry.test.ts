@@ -209,7 +209,7 @@ function run(m: ReturnType<typeof tiny>): number[] {
 test("adding a method is its file and one registry line: detection, inject, save, inspect and load follow", () => {
   const registry = adapterRegistry([...ADAPTERS, toy]);
   assert.ok(registry.keys.has("toy_delta") && !ADAPTER_KEYS.has("toy_delta"));
-  assert.deepEqual(registry.labels, ["LoRA/LoCon", "LoHa", "LoKr", "DoRA", "(IA)³", "full", "Toy"]);
+  assert.deepEqual(registry.labels, ["LoRA/LoCon", "LoHa", "LoKr", "DoRA", "(IA)³", "full", "norm", "Toy"]);
   assert.equal(registry.methodFor(["toy_delta"]), toy);
   assert.equal(registry.methodFor(["lora_down.weight", "lora_up.weight"]), lora);
   assert.match(String(methodFor(["toy_delta"])), /no adapter factors/);
@@ -248,7 +248,7 @@ test("adding a method is its file and one registry line: detection, inject, save
     assert.equal(fileKind(keys), "tensors");
     assert.throws(
       () => loadLoraFile(path),
-      /keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full\)/,
+      /keys of no supported adapter \(LoRA\/LoCon, LoHa, LoKr, DoRA, \(IA\)³, full, norm\)/,
     );
 
     loaded = loadLora(b, path, { registry });

@@ -80,6 +80,7 @@ test("defaults: SD1.5 Dreambooth, and LoRA's where they differ", () => {
     use_tucker: false,
     weight_decompose: false,
     dora_on_output: false,
+    train_norm: false,
     network_args: [],
   });
   assert.deepEqual(c.bucketing, { enabled: false, min: 256, max: 1024, step: 64 });

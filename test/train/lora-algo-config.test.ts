@@ -40,6 +40,14 @@ test("network_args in kohya's spelling set the lora fields, with a note naming e
   ]);
 });
 
+test("lora.train_norm, also as network_args train_norm=True (LyCORIS kohya.py), defaults to false", () => {
+  assert.equal(load(minimal({ method: "lora", lora: {} })).lora.train_norm, false);
+  assert.equal(load(minimal({ method: "lora", lora: { algo: "loha", train_norm: true } })).lora.train_norm, true);
+  const c = load(minimal({ method: "lora", lora: { network_args: ["algo=locon", "train_norm=True"] } }));
+  assert.equal(c.lora.train_norm, true);
+  assert.deepEqual(networkArgNotes(["train_norm=True"]), ["network_args train_norm=True → lora.train_norm = true"]);
+});
+
 test("bad input names the field", () => {
   const lora = (l: Record<string, unknown>) => () => load(minimal({ method: "lora", lora: l }));
   fails(lora({ algo: "oft" }), /lora\.algo/, "lora.algo");
@@ -51,7 +59,12 @@ test("bad input names the field", () => {
   fails(lora({ algo: "loha", dropout: 0.1 }), /dropout for LoRA\/LoCon only/, "lora.dropout");
   fails(lora({ network_args: ["conv_dim"] }), /'conv_dim' is not KEY=VALUE/, "lora.network_args");
   fails(lora({ network_args: ["nope=1"] }), /unknown argument 'nope'/, "lora.network_args");
-  fails(lora({ network_args: ["train_norm=True"] }), /norm layers/, "lora.network_args");
+  fails(lora({ network_args: ["use_scalar=True"] }), /use_scalar is not supported/, "lora.network_args");
+  fails(
+    lora({ train_norm: true, network_args: ["train_norm=False"] }),
+    /contradicts lora\.train_norm/,
+    "lora.train_norm",
+  );
   fails(lora({ network_args: ["conv_dim=x"] }), /not a valid value for lora\.conv_rank/, "lora.network_args");
   fails(lora({ conv_rank: 4, network_args: ["conv_dim=8"] }), /contradicts lora\.conv_rank = 4/, "lora.conv_rank");
 });

@@ -244,7 +244,7 @@ test("LyCORIS through the trainer: LoHa from kohya network_args (method lora) an
       method: "lora",
       max_steps: 2,
       learning_rate: 1e-3,
-      lora: { network_args: ["algo=loha", "conv_dim=2", "conv_alpha=1"] },
+      lora: { network_args: ["algo=loha", "conv_dim=2", "conv_alpha=1", "train_norm=True"] },
       save: { formats: ["lora"], state: false },
     }),
     quiet,
@@ -271,6 +271,14 @@ test("LyCORIS through the trainer: LoHa from kohya network_args (method lora) an
       scope(() => moved.some(([, t]) => t.abs().max().item() > 0)),
       "training moved the zero-initialised hada_w2_a",
     );
+    // train_norm: the blocks' norms trained as LyCORIS norm modules, saved in the norm's shape
+    const norms = [...a.tensors].filter(([k]) => k.endsWith(".w_norm") || k.endsWith(".b_norm"));
+    assert.ok(norms.some(([k]) => k.includes("resnets") && k.endsWith("_norm1.w_norm")));
+    assert.ok(
+      scope(() => norms.every(([, t]) => t.ndim === 1) && norms.some(([, t]) => t.abs().max().item() > 0)),
+      "training moved the zero-initialised norm deltas",
+    );
+    assert.equal(JSON.parse(a.metadata.ss_network_args).train_norm, "True");
     assert.ok([...b.tensors.keys()].some((k) => k.endsWith(".dora_scale")));
     assert.ok([...b.tensors.keys()].some((k) => k.endsWith(".lokr_w1")));
   } finally {

@@ -28,11 +28,11 @@ export const NETWORK_ARGS: Readonly<Record<string, readonly [string, Parse]>> = 
   use_cp: ["use_tucker", bool],
   dora_wd: ["weight_decompose", bool],
   wd_on_out: ["dora_on_output", bool],
+  train_norm: ["train_norm", bool],
 };
 
 /** Keys LyCORIS knows that Atelier does not train, with why. */
 const REFUSED: Readonly<Record<string, string>> = {
-  train_norm: "training the norm layers (LyCORIS train_norm) is not supported",
   preset: "Atelier trains kohya's default targets (attention and MLP; 3×3 convs with conv_dim), not LyCORIS presets",
   bypass_mode: "Atelier always trains in bypass mode and merges exactly",
   use_scalar: "LyCORIS use_scalar is not supported",

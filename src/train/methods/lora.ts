@@ -53,6 +53,10 @@ const LORA_FIELDS = {
     default: false,
     doc: "DoRA norms over output rows (LyCORIS wd_on_out) instead of input columns, the axis A1111 and ComfyUI both read",
   }),
+  train_norm: f.bool({
+    default: false,
+    doc: "also train the GroupNorm/LayerNorm weight and bias of the adapted blocks (LyCORIS train_norm; w_norm/b_norm keys)",
+  }),
   network_args: f.list(f.text({ nonEmpty: true, doc: "KEY=VALUE" }), {
     default: [],
     doc: "kohya/LyCORIS network_args (conv_dim=8, algo=loha, …), mapped to the lora.* fields",
@@ -88,6 +92,7 @@ function networkOptions(l: TrainLora, textEncoder: boolean) {
     useTucker: l.use_tucker,
     weightDecompose: l.weight_decompose,
     doraOnOutput: l.dora_on_output,
+    trainNorm: l.train_norm,
     unet: l.unet,
     textEncoder,
     field: (k: string) => fields[k] ?? `lora.${k}`,
