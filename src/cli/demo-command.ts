@@ -3,7 +3,7 @@
 import { resolve } from "node:path";
 import { runDemo } from "../demo/demo.js";
 import { runLab } from "../demo/lab.js";
-import { num, parse, str } from "./args.js";
+import { num, parse, str, UsageError } from "./args.js";
 
 const FLAGS = {
   out: { type: "string" },
@@ -38,7 +38,20 @@ export async function demoCommand(argv: string[]): Promise<number> {
 }
 
 export async function labCommand(argv: string[]): Promise<number> {
-  const { values } = parse(argv, { ...FLAGS, only: { type: "string" } }, NO_POSITIONALS);
+  const { values } = parse(
+    argv,
+    { ...FLAGS, only: { type: "string" }, checkpoints: { type: "string" } },
+    NO_POSITIONALS,
+  );
+  const checkpoints = str(values, "checkpoints")
+    ?.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => {
+      if (!/^[1-9][0-9]*$/.test(s))
+        throw new UsageError(`--checkpoints must be steps (integers >= 1) separated by commas, not '${s}'`);
+      return Number(s);
+    });
   const only = str(values, "only")
     ?.split(",")
     .map((s) => s.trim())
@@ -50,6 +63,7 @@ export async function labCommand(argv: string[]): Promise<number> {
     steps: num(values, "steps", { integer: true, min: 1, max: 100000 }),
     samples: num(values, "samples", { integer: true, min: 1, max: 1000 }),
     only,
+    checkpoints,
     log: (line) => console.error(line),
   });
   console.log(r.table);

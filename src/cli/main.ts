@@ -30,7 +30,8 @@ const commands: Record<string, Command> = {
     run: demoCommand,
   },
   lab: {
-    summary: "[--out DIR] [--only RUN,…] [--steps N]: measure fine-tuning claims on the shapes world (docs/lab.md)",
+    summary:
+      "[--out DIR] [--only RUN,…] [--steps N] [--checkpoints STEP,…]: measure fine-tuning claims on the shapes world (docs/lab.md)",
     run: labCommand,
   },
   doctor: {

@@ -78,6 +78,8 @@ export interface ExperimentSpec {
   embedding?: { initText: string; vectors: number; templates: string[] };
   /** Pivotal tuning: the LoRA's learning rate (learningRate is the embedding's). */
   loraLearningRate?: number;
+  /** Also save the trained file at these steps (save.every_n_steps = their gcd), listed in the result's checkpoints. */
+  checkpoints?: number[];
 }
 
 export type ExperimentKind = "checkpoint" | "lora" | "embedding" | "hypernetwork" | "pivotal";
@@ -91,6 +93,8 @@ export interface ExperimentResult {
   /** Textual Inversion of several subjects (one run each): every subject's word and embedding file. */
   embeddings?: { word: string; path: string }[];
   kind: ExperimentKind;
+  /** The files saved at spec.checkpoints' steps (a step equal to spec.steps is the final file). */
+  checkpoints?: { step: number; artifact: string; loraArtifact?: string }[];
   losses: StepRecord[];
   seconds: number;
   settings: Record<string, string | number | boolean>;
@@ -111,7 +115,16 @@ export async function runExperiment(
   spec: ExperimentSpec,
   o: { base: string; out: string; log?: (m: string) => void; quiet?: boolean },
 ): Promise<ExperimentResult> {
-  if (spec.method === "textual_inversion" && spec.subjects.length > 1) return runEmbeddings(spec, o);
+  const checkpoints = spec.checkpoints ?? [];
+  const late = checkpoints.find((c) => !Number.isInteger(c) || c < 1 || c > spec.steps);
+  if (late !== undefined) {
+    throw new Error(`${spec.name}: checkpoint step ${late} is not a step of the run (1 to ${spec.steps})`);
+  }
+  if (spec.method === "textual_inversion" && spec.subjects.length > 1) {
+    if (checkpoints.length > 0)
+      throw new Error(`${spec.name}: checkpoints of a several-subject embedding run are not supported`);
+    return runEmbeddings(spec, o);
+  }
   const outputDir = join(o.out, "runs", spec.name);
   mkdirSync(outputDir, { recursive: true });
   const concepts = (spec.oneConcept ? [spec.subjects[0]] : spec.subjects).map((s) => {
@@ -194,7 +207,7 @@ export async function runExperiment(
     cache_latents: true,
     concepts,
     ...methodConfig,
-    save: { formats: [format], state: false },
+    save: { formats: [format], state: false, every_n_steps: checkpoints.reduce(gcd, 0) },
   });
   const start = performance.now();
   const quietOut = { isTTY: false, write: () => true } as unknown as NodeJS.WriteStream;
@@ -213,7 +226,22 @@ export async function runExperiment(
   if (!artifact) throw new Error(`${spec.name}: the run wrote no ${artifactKind}`);
   const lora = kind === "pivotal" ? r.manifest.latest("lora") : undefined;
   if (kind === "pivotal" && !lora) throw new Error(`${spec.name}: the pivotal run wrote no LoRA`);
+  const atStep = (step: number, k: string) => r.manifest.artifacts.find((a) => a.step === step && a.kind === k);
+  const saved = [...new Set(checkpoints)]
+    .sort((a, b) => a - b)
+    .map((step) => {
+      const file = (kind === "checkpoint" ? atStep(step, "diffusers") : undefined) ?? atStep(step, artifactKind);
+      const loraFile = kind === "pivotal" ? atStep(step, "lora") : undefined;
+      if (!file || (kind === "pivotal" && !loraFile))
+        throw new Error(`${spec.name}: the run saved no file at step ${step}`);
+      return {
+        step,
+        artifact: join(outputDir, file.path),
+        ...(loraFile ? { loraArtifact: join(outputDir, loraFile.path) } : {}),
+      };
+    });
   return {
+    ...(saved.length > 0 ? { checkpoints: saved } : {}),
     spec,
     outputDir,
     artifact: join(outputDir, artifact.path),
@@ -224,6 +252,8 @@ export async function runExperiment(
     settings,
   };
 }
+
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 
 /** Textual Inversion of several subjects: one run per subject (its own word), the embeddings used together. */
 async function runEmbeddings(spec: ExperimentSpec, o: Parameters<typeof runExperiment>[1]): Promise<ExperimentResult> {

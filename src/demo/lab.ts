@@ -60,6 +60,8 @@ export interface LabOptions {
   samples?: number;
   /** Only these runs (names from labSpecs). */
   only?: string[];
+  /** Also save every run's file at these steps and evaluate each (rows RUN@STEP), same prompts and seeds. */
+  checkpoints?: number[];
   log?: (line: string) => void;
 }
 
@@ -238,8 +240,17 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
   if (unknown.length > 0 || o.only?.length === 0) {
     throw new Error(`lab: --only: no run named '${unknown.join("', '")}'; the runs are ${LAB_RUNS.join(", ")}`);
   }
+  const checkpoints = [...new Set(o.checkpoints ?? [])].sort((a, b) => a - b);
+  const bad = checkpoints.find((c) => !Number.isInteger(c) || c < 1 || c > steps);
+  if (bad !== undefined || o.checkpoints?.length === 0) {
+    throw new Error(
+      `lab: --checkpoints: step ${bad ?? "(none)"} is not a step of the ${steps}-step runs (1 to ${steps})`,
+    );
+  }
   mkdirSync(out, { recursive: true });
-  const specs = labSpecs(out, steps).filter((s) => !o.only || o.only.includes(s.name));
+  const specs = labSpecs(out, steps)
+    .filter((s) => !o.only || o.only.includes(s.name))
+    .map((s) => (checkpoints.length > 0 ? { ...s, checkpoints } : s));
   const evalOptions: EvalOptions = { samples, seed: 1000, steps: 20, sampler: "ddim", cfg: 5 };
   const rows: LabRow[] = [];
   const base = loadStableDiffusion(basePath);
@@ -256,24 +267,33 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
           `  base-${key}: ${pictureLine({ pictures: meanImageStats(baseRuns.get(key)!.runs.flatMap((r) => r.images ?? [])), final_loss: null, tail_loss: null } as LabRow)}`,
         );
       }
-      const runs = sampleExperiment(result, base, subjects, evalOptions);
-      const { variety, seen } = varietyOf(runs, spec.subjects);
-      const scores = scoreRuns(subjects, runs, baseRuns.get(key)!.runs);
-      const seconds = Math.round(result.seconds);
-      const tail = result.losses.slice(-Math.max(1, Math.floor(result.losses.length / 10)));
-      rows.push({
-        final_loss: result.losses.at(-1)?.loss ?? null,
-        tail_loss: tail.length ? tail.reduce((a, r) => a + r.loss, 0) / tail.length : null,
-        pictures: meanImageStats(runs.flatMap((r) => r.images ?? [])),
-        name: spec.name,
-        label: spec.label,
-        claim: spec.claim,
-        seconds,
-        scores,
-        subject_variety: variety,
-        seen_background: seen,
-      });
-      log(`  ${formatRow(rows.at(-1)!)}`);
+      // The run's files to evaluate: each checkpoint (RUN@STEP), then the final one unless a checkpoint is it.
+      const files: { step: number; name: string; artifact?: string; loraArtifact?: string }[] = [
+        ...(result.checkpoints ?? []).map((c) => ({ ...c, name: `${spec.name}@${c.step}` })),
+        ...(result.checkpoints?.some((c) => c.step === spec.steps) ? [] : [{ step: spec.steps, name: spec.name }]),
+      ];
+      for (const file of files) {
+        const at: ExperimentResult = file.artifact
+          ? { ...result, artifact: file.artifact, ...(file.loraArtifact ? { loraArtifact: file.loraArtifact } : {}) }
+          : result;
+        const runs = sampleExperiment(at, base, subjects, evalOptions);
+        const { variety, seen } = varietyOf(runs, spec.subjects);
+        const losses = result.losses.filter((r) => r.step <= file.step);
+        const tail = losses.slice(-Math.max(1, Math.floor(losses.length / 10)));
+        rows.push({
+          final_loss: losses.at(-1)?.loss ?? null,
+          tail_loss: tail.length ? tail.reduce((a, r) => a + r.loss, 0) / tail.length : null,
+          pictures: meanImageStats(runs.flatMap((r) => r.images ?? [])),
+          name: file.name,
+          label: spec.label,
+          claim: spec.claim,
+          seconds: Math.round(result.seconds),
+          scores: scoreRuns(subjects, runs, baseRuns.get(key)!.runs),
+          subject_variety: variety,
+          seen_background: seen,
+        });
+        log(`  ${file.name}: ${formatRow(rows.at(-1)!)}`);
+      }
     }
     for (const [key, { runs, subjects }] of baseRuns) {
       const { variety, seen } = varietyOf(runs, subjects);

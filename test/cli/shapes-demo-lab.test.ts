@@ -49,6 +49,19 @@ test("lab --only: an unknown run is named with the list of runs", async () => {
   assert.ok(!existsSync(out) || readdirSync(out).length === 0, "no run started");
 });
 
+test("lab --checkpoints: a malformed list or a step past the runs is refused before any run", async () => {
+  for (const bad of ["100,x", "0", "1.5"]) {
+    const r = await cli("lab", "--checkpoints", bad, "--out", join(dir, "lab-ckpt"));
+    assert.equal(r.code, 2, bad);
+    assert.match(r.err, /--checkpoints must be steps \(integers >= 1\) separated by commas/, bad);
+  }
+  const out = join(dir, "lab-ckpt-late");
+  const r = await cli("lab", "--steps", "10", "--checkpoints", "5,20", "--out", out);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /--checkpoints: step 20 is not a step of the 10-step runs \(1 to 10\)/);
+  assert.ok(!existsSync(out), "nothing written");
+});
+
 test("shapes: bad subcommands and flags are refused", async () => {
   const cases: [string[], number, RegExp][] = [
     [["shapes", "paint"], 2, /unknown subcommand 'paint'/],
