@@ -6,7 +6,7 @@
 // server's work should cost it little). The clients run in this process,
 // the studio in a child, the trainer in the studio's child.
 //
-// The trainer gets --threads intra-op threads (default 1: on a 2-core machine the other core
+// The trainer gets --threads intra-op threads (default: the studio's, every core but one: the other core
 // is the server's and the clients'; with both, every request stalls libtorch's thread pool).
 //
 //   node dist/bench/studio_load.js [--clients 50] [--steps 30] [--threads 1] [--json]
@@ -36,7 +36,7 @@ const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.floo
 async function startServer(workspace: string): Promise<{ proc: ChildProcess; base: string }> {
   const proc = spawn(process.execPath, [BIN, "studio", "--workspace", workspace, "--port", "0"], {
     stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, ATELIER_NUM_THREADS: values.threads ?? "1" },
+    env: { ...process.env, ...(values.threads ? { ATELIER_NUM_THREADS: values.threads } : {}) },
   });
   const base = await new Promise<string>((resolve, reject) => {
     let out = "";
