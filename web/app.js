@@ -1,47 +1,15 @@
 // The studio's pages: plain ES modules, no build step, nothing fetched from
 // outside the studio. Every action is one call of the JSON API
 // (/api/openapi.json); the pages hold no logic of their own.
+import { $, $$, api, fileUrl, token } from "./api.js";
 import { loadMerge } from "./merge.js";
 import { loadStudioJobs } from "./studio-jobs.js";
 
-const $ = (sel, root = document) => root.querySelector(sel);
-const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
 const el = (tag, props = {}, ...children) => {
   const e = Object.assign(document.createElement(tag), props);
   for (const c of children) e.append(c);
   return e;
 };
-
-// ---- the API ------------------------------------------------------------------------
-const hashToken = new URLSearchParams(location.hash.slice(1)).get("token");
-if (hashToken) sessionStorage.setItem("atelier-token", hashToken);
-const token = sessionStorage.getItem("atelier-token");
-
-class ApiError extends Error {
-  constructor(status, body) {
-    super(body.error ?? `HTTP ${status}`);
-    this.status = status;
-    this.field = body.field;
-  }
-}
-
-async function api(method, path, body, raw) {
-  const headers = {};
-  if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const res = await fetch(path, {
-    method,
-    headers,
-    body: raw ?? (body === undefined ? undefined : JSON.stringify(body)),
-  });
-  const out = await res.json().catch(() => ({}));
-  if (!res.ok) throw new ApiError(res.status, out);
-  return out;
-}
-
-/** A workspace image's URL. */
-const fileUrl = (path) =>
-  `/api/file?path=${encodeURIComponent(path)}${token ? `&token=${encodeURIComponent(token)}` : ""}`;
 
 function waitJob(id, onUpdate) {
   return new Promise((resolve, reject) => {
@@ -247,7 +215,8 @@ function trainRequest(form) {
     return s !== "" && Number.isFinite(Number(s)) ? Number(s) : s;
   };
   const method = v("method").value;
-  const lora = method === "lora" || v("use_lora").checked;
+  const lora = method === "lora" || (method === "dreambooth" && v("use_lora").checked);
+  const formats = { textual_inversion: ["embedding_pt"], hypernetwork: ["hypernetwork_pt"] }[method];
   const config = {
     model: v("model").value,
     method,
@@ -264,7 +233,7 @@ function trainRequest(form) {
       every_n_steps: num("save.every_n_steps"),
       every_n_epochs: num("save.every_n_epochs"),
       keep_last: num("save.keep_last"),
-      ...(lora ? { formats: ["lora"] } : {}),
+      ...(lora ? { formats: ["lora"] } : formats ? { formats } : {}),
     },
     sample: {
       every_n_steps: num("sample.every_n_steps"),
@@ -287,7 +256,18 @@ function trainRequest(form) {
     }),
   };
   if (method === "dreambooth") config.use_lora = v("use_lora").checked;
-  if (lora) config.lora = { rank: num("lora.rank") };
+  if (lora) {
+    config.lora = { algo: v("lora.algo").value, rank: num("lora.rank") };
+    if (num("lora.conv_rank") !== 0) config.lora.conv_rank = num("lora.conv_rank");
+  }
+  if (method === "textual_inversion") {
+    config.textual_inversion = {
+      token: v("textual_inversion.token").value.trim(),
+      init_text: v("textual_inversion.init_text").value,
+      vectors: num("textual_inversion.vectors"),
+    };
+  }
+  if (method === "hypernetwork") config.hypernetwork = { name: v("hypernetwork.name").value.trim() };
   return { name: v("name").value, config };
 }
 
@@ -305,7 +285,7 @@ const trainField = (form) => (field) => {
     return div ? $(CONCEPT_INPUTS[m[2]] ?? ".c-instance", div) : $("#add-concept");
   }
   if (field === "body.config.concepts") return $("#add-concept");
-  return formField(form)(field.replace(/^body\.config\.lora\.rank/, "lora.rank"));
+  return formField(form)(field.replace(/^body\.config\./, ""));
 };
 
 async function checkTrain(form) {

@@ -2,17 +2,7 @@
 // (POST /api/merge/lora) and A1111's checkpoint merger (POST
 // /api/merge/checkpoints). Each queues a job; its result lands in
 // models/Stable-diffusion. The page holds no logic: one API call per action.
-const token = sessionStorage.getItem("atelier-token");
-const $ = (sel) => document.querySelector(sel);
-
-async function api(method, path, body) {
-  const headers = { "Content-Type": "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const json = await res.json();
-  if (!res.ok) throw new Error(json.error ?? `HTTP ${res.status}`);
-  return json;
-}
+import { $, api } from "./api.js";
 
 async function follow(job, status) {
   for (;;) {

@@ -3,17 +3,7 @@
 // (POST /api/generate/batch, one job per prompt line, Generate page) and an
 // evaluation (POST /api/eval → outputs/eval/NAME/report.html, Lab page).
 // The page holds no logic: one API call per action, then the job is followed.
-const token = sessionStorage.getItem("atelier-token");
-const $ = (sel) => document.querySelector(sel);
-
-async function api(method, path, body) {
-  const headers = { "Content-Type": "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const json = await res.json();
-  if (!res.ok) throw new Error(json.error ?? `HTTP ${res.status}`);
-  return json;
-}
+import { $, api } from "./api.js";
 
 async function follow(ids, status, done) {
   for (;;) {

@@ -8,7 +8,7 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startTrainerProcess, type TrainConfig, type TrainerEvent } from "../index.js";
 import type { FromWorker, WorkerJob } from "./job-worker.js";
@@ -298,7 +298,10 @@ export class JobRunner {
     }
   }
 
-  /** A finished run's LoRA goes to models/Lora as JOBNAME.safetensors, where generation finds it. */
+  /**
+   * A finished run's LoRA goes to models/Lora as JOBNAME.safetensors, its embedding to embeddings/ and
+   * its hypernetwork to models/hypernetworks under their own names, where generation finds them.
+   */
   #publish(job: Job, c: TrainConfig): Record<string, unknown> {
     const result: Record<string, unknown> = { output_dir: relPath(this.root, c.output_dir) };
     const m = JSON.parse(readFileSync(join(c.output_dir, "manifest.json"), "utf8")) as {
@@ -311,6 +314,19 @@ export class JobRunner {
       copyFileSync(join(c.output_dir, lora.path), dest);
       result.lora = relPath(this.root, dest);
       this.#event(job.id, "log", { level: "info", message: `the LoRA is in ${result.lora}: <lora:${job.name}:1>` });
+    }
+    // An embedding's file stem is its prompt word, a hypernetwork's its <hypernet:NAME> name: both keep it.
+    for (const [kind, folder, key] of [
+      ["embedding", LAYOUT.embeddings, "embedding"],
+      ["hypernetwork", LAYOUT.hypernetworks, "hypernetwork"],
+    ] as const) {
+      const a = m.artifacts.filter((x) => x.kind === kind).sort((x, y) => y.step - x.step)[0];
+      if (!a) continue;
+      const dest = join(this.root, folder, basename(a.path));
+      mkdirSync(join(this.root, folder), { recursive: true });
+      copyFileSync(join(c.output_dir, a.path), dest);
+      result[key] = relPath(this.root, dest);
+      this.#event(job.id, "log", { level: "info", message: `the ${kind} is in ${result[key]}` });
     }
     return result;
   }

@@ -3,30 +3,9 @@
 // stage 1 alone gives; no dot reads 0; pictures too small are refused.
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { resize4 } from "../../src/demo/lab-upscaler.js";
 import { readDotDetail } from "../../src/shapes/detail.js";
-import { generateSubject, generateWorld, type Image, renderScene } from "../../src/shapes/world.js";
-
-/** Bilinear ×4 (half-pixel centres, as torch interpolate align_corners=False). */
-function resize4(img: Image): Image {
-  const w = img.width * 4;
-  const h = img.height * 4;
-  const data = new Uint8Array(w * h * 3);
-  const at = (x: number, y: number, c: number) =>
-    img.data[(Math.min(img.height - 1, Math.max(0, y)) * img.width + Math.min(img.width - 1, Math.max(0, x))) * 3 + c];
-  for (let y = 0; y < h; y++)
-    for (let x = 0; x < w; x++) {
-      const sx = (x + 0.5) / 4 - 0.5;
-      const sy = (y + 0.5) / 4 - 0.5;
-      const [x0, y0] = [Math.floor(sx), Math.floor(sy)];
-      const [fx, fy] = [sx - x0, sy - y0];
-      for (let c = 0; c < 3; c++) {
-        const top = at(x0, y0, c) * (1 - fx) + at(x0 + 1, y0, c) * fx;
-        const bottom = at(x0, y0 + 1, c) * (1 - fx) + at(x0 + 1, y0 + 1, c) * fx;
-        data[(y * w + x) * 3 + c] = Math.round(top * (1 - fy) + bottom * fy);
-      }
-    }
-  return { width: w, height: h, data };
-}
+import { generateSubject, generateWorld, renderScene } from "../../src/shapes/world.js";
 
 test("dot detail: native 256² renders of the subject are crisper than 64² renders resized ×4", () => {
   const scenes = generateSubject(7, 6);
