@@ -133,7 +133,7 @@ $("#create-model").addEventListener("submit", async (ev) => {
     status.textContent = `creating ${form.name.value} (job ${job.id})…`;
     const done = await waitJob(job.id);
     status.textContent = done.status === "done" ? `created ${form.name.value}` : `failed: ${done.error}`;
-    await loadModels();
+    await Promise.all([loadModels(), loadMerge()]);
   } catch (e) {
     showError(form, e, formField(form));
   }

@@ -22,7 +22,10 @@ function options(select, files) {
 export async function loadMerge() {
   const ws = await api("GET", "/api/workspace");
   const checkpoints = ws.checkpoints.map((f) => f.path).filter((p) => /\.(safetensors|ckpt)$/i.test(p));
-  for (const s of ["#merge-lora-checkpoint", "#merge-a", "#merge-b", "#merge-c"]) options($(s), checkpoints);
+  for (const s of ["#merge-a", "#merge-b", "#merge-c"]) options($(s), checkpoints);
+  // LoRAs also merge into the workspace's own models (made on this page), named as such
+  const { models } = await api("GET", "/api/models");
+  options($("#merge-lora-checkpoint"), [...models.map((m) => m.dir.split("/").pop()), ...checkpoints]);
   options(
     $("#merge-lora-name"),
     ws.lora.map((f) => f.name.replace(/\.safetensors$/, "")),

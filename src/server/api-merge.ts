@@ -6,7 +6,7 @@
 // as a source. The server only checks the request and confines its paths.
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { jobJson } from "./api-jobs.js";
+import { jobJson, workspaceModel } from "./api-jobs.js";
 import type { Route } from "./http.js";
 import type { StudioContext } from "./studio.js";
 import { HttpError, type JsonSchema, nameSchema } from "./validate.js";
@@ -54,7 +54,7 @@ export function mergeRoutes(ctx: StudioContext): Route[] {
         required: ["name", "checkpoint", "loras"],
         properties: {
           name: nameSchema("the merged checkpoint's name: models/Stable-diffusion/NAME.safetensors"),
-          checkpoint: checkpointPath("the checkpoint the LoRAs are merged into"),
+          checkpoint: checkpointPath("the checkpoint the LoRAs are merged into (or a workspace model's name)"),
           loras: {
             type: "array",
             maxItems: 32,
@@ -71,7 +71,11 @@ export function mergeRoutes(ctx: StudioContext): Route[] {
       },
       handler: ({ body }) => {
         const b = body as { name: string; checkpoint: string; loras: { name: string; weight?: number }[] };
-        const checkpoint = checkpointFile(ctx.root, b.checkpoint, "body.checkpoint");
+        // a bare name is a model of the workspace (made on the Models page): its diffusers weights
+        const checkpoint =
+          /^[^/\\]+$/.test(b.checkpoint) && !/\.(safetensors|ckpt)$/i.test(b.checkpoint)
+            ? workspaceModel(ctx.root, b.checkpoint, "body.checkpoint").weights
+            : checkpointFile(ctx.root, b.checkpoint, "body.checkpoint");
         if (b.loras.length === 0) throw new HttpError(400, "body.loras: name at least one LoRA", "body.loras");
         const loras = b.loras.map((l, i) => {
           const path = join(ctx.root, LAYOUT.lora, `${l.name}.safetensors`);

@@ -73,6 +73,22 @@ test("LoHa, Textual Inversion and hypernetwork jobs publish into the A1111 folde
     lib.hypernetworks.map((f) => f.path),
     ["models/hypernetworks/zq-hyper.pt"],
   );
+  // the LoHa merged into the workspace model itself (a name, not a file); an unknown name refused
+  const bad = await call(base, "POST", "/api/merge/lora", { name: "x", checkpoint: "nope", loras: [{ name: "lh" }] });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.field, "body.checkpoint", bad.body.error);
+  const merge = await call(base, "POST", "/api/merge/lora", {
+    name: "shapes-lh",
+    checkpoint: "shapes",
+    loras: [{ name: "lh" }],
+  });
+  assert.equal(merge.status, 200, JSON.stringify(merge.body));
+  const merged = await waitJob(base, merge.body.id as number);
+  assert.equal(merged.status, "done", String(merged.error));
+  const r = merged.result as { output: string; weights_changed: number };
+  assert.equal(r.output, "models/Stable-diffusion/shapes-lh.safetensors");
+  assert.ok(r.weights_changed > 0, `${r.weights_changed} weights changed`);
+
   const gen = await call(base, "POST", "/api/generate", {
     model: "shapes",
     prompt: "a zq-star <lora:lh:1> <hypernet:zq-hyper:1>",
