@@ -45,13 +45,20 @@ interface Current {
   kill: () => void;
 }
 
+type Artifact = { path: string; kind: string; step: number };
+
+/** The newest artifact of `kind` in a manifest's list (the highest step). */
+function newestArtifact(artifacts: readonly Artifact[], kind: string): Artifact | undefined {
+  return artifacts.filter((a) => a.kind === kind).sort((a, b) => b.step - a.step)[0];
+}
+
 /** The newest state folder a run's manifest lists (absolute), with its step. */
 export function newestState(outputDir: string): { path: string; step: number } | null {
   const file = join(outputDir, "manifest.json");
   if (!existsSync(file)) return null;
   try {
-    const m = JSON.parse(readFileSync(file, "utf8")) as { artifacts: { path: string; kind: string; step: number }[] };
-    const s = m.artifacts.filter((a) => a.kind === "state").sort((a, b) => b.step - a.step)[0];
+    const m = JSON.parse(readFileSync(file, "utf8")) as { artifacts: Artifact[] };
+    const s = newestArtifact(m.artifacts, "state");
     return s && existsSync(join(outputDir, s.path)) ? { path: join(outputDir, s.path), step: s.step } : null;
   } catch {
     return null;
@@ -252,9 +259,7 @@ export class JobRunner {
       if (r.step <= step) this.queue.addEvent(id, "step", { step: r.step, epoch: r.epoch, loss: r.loss, lr: r.lr });
     }
     const seen = new Set(this.queue.events(id, 0, ["sample"]).map((e) => e.data.path));
-    const m = JSON.parse(readFileSync(join(outputDir, "manifest.json"), "utf8")) as {
-      artifacts: { path: string; kind: string; step: number }[];
-    };
+    const m = JSON.parse(readFileSync(join(outputDir, "manifest.json"), "utf8")) as { artifacts: Artifact[] };
     for (const a of m.artifacts) {
       const path = relPath(this.root, join(outputDir, a.path));
       if (a.kind === "samples" && a.step <= step && !seen.has(path))
@@ -304,29 +309,25 @@ export class JobRunner {
    */
   #publish(job: Job, c: TrainConfig): Record<string, unknown> {
     const result: Record<string, unknown> = { output_dir: relPath(this.root, c.output_dir) };
-    const m = JSON.parse(readFileSync(join(c.output_dir, "manifest.json"), "utf8")) as {
-      artifacts: { path: string; kind: string; step: number }[];
-    };
-    const lora = m.artifacts.filter((a) => a.kind === "lora").sort((a, b) => b.step - a.step)[0];
-    if (lora) {
-      const dest = join(this.root, LAYOUT.lora, `${job.name}.safetensors`);
-      mkdirSync(join(this.root, LAYOUT.lora), { recursive: true });
-      copyFileSync(join(c.output_dir, lora.path), dest);
-      result.lora = relPath(this.root, dest);
-      this.#event(job.id, "log", { level: "info", message: `the LoRA is in ${result.lora}: <lora:${job.name}:1>` });
-    }
-    // An embedding's file stem is its prompt word, a hypernetwork's its <hypernet:NAME> name: both keep it.
-    for (const [kind, folder, key] of [
-      ["embedding", LAYOUT.embeddings, "embedding"],
-      ["hypernetwork", LAYOUT.hypernetworks, "hypernetwork"],
+    const m = JSON.parse(readFileSync(join(c.output_dir, "manifest.json"), "utf8")) as { artifacts: Artifact[] };
+    // A LoRA is named after its job; an embedding's file stem is its prompt word and a
+    // hypernetwork's its <hypernet:NAME> name, so both keep theirs.
+    for (const [kind, folder, name] of [
+      ["lora", LAYOUT.lora, () => `${job.name}.safetensors`],
+      ["embedding", LAYOUT.embeddings, (a: Artifact) => basename(a.path)],
+      ["hypernetwork", LAYOUT.hypernetworks, (a: Artifact) => basename(a.path)],
     ] as const) {
-      const a = m.artifacts.filter((x) => x.kind === kind).sort((x, y) => y.step - x.step)[0];
+      const a = newestArtifact(m.artifacts, kind);
       if (!a) continue;
-      const dest = join(this.root, folder, basename(a.path));
+      const dest = join(this.root, folder, name(a));
       mkdirSync(join(this.root, folder), { recursive: true });
       copyFileSync(join(c.output_dir, a.path), dest);
-      result[key] = relPath(this.root, dest);
-      this.#event(job.id, "log", { level: "info", message: `the ${kind} is in ${result[key]}` });
+      result[kind] = relPath(this.root, dest);
+      const use = kind === "lora" ? `: <lora:${job.name}:1>` : "";
+      this.#event(job.id, "log", {
+        level: "info",
+        message: `the ${kind === "lora" ? "LoRA" : kind} is in ${result[kind]}${use}`,
+      });
     }
     return result;
   }

@@ -13,7 +13,7 @@ import { createHypernetwork, saveHypernetwork } from "../../src/adapters/hyperne
 import { Generator, randn } from "../../src/engine/index.js";
 import { type Studio, startStudio } from "../../src/server/studio.js";
 import { sharedFixture } from "../helpers.js";
-import { call, gentleEnv, studioDirs, waitJob } from "./studio-helper.js";
+import { call, createShapesModel, gentleEnv, studioDirs, waitJob } from "./studio-helper.js";
 
 const dirs = studioDirs("atelier-studio-extras-");
 let studio: Studio;
@@ -21,12 +21,7 @@ let base: string;
 before(async () => {
   studio = await startStudio({ workspace: dirs.workspace, port: 0, env: gentleEnv() });
   base = studio.url;
-  const m = await call(base, "POST", "/api/models", {
-    name: "shapes",
-    source: "builtin:shapes-base",
-    scheduler: "euler_a",
-  });
-  assert.equal((await waitJob(base, m.body.id as number)).status, "done");
+  await createShapesModel(base, "euler_a");
 });
 after(async () => {
   await studio?.close();

@@ -15,7 +15,7 @@ import { readPngText } from "../../src/formats/png.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../../src/models/stable-diffusion.js";
 import { type Studio, startStudio } from "../../src/server/studio.js";
 import { shapesBasePath } from "../../src/shapes/base-path.js";
-import { call, gentleEnv, studioDirs, waitJob } from "./studio-helper.js";
+import { call, createShapesModel, gentleEnv, studioDirs, waitJob } from "./studio-helper.js";
 
 const dirs = studioDirs("atelier-studio-jobs-");
 let studio: Studio;
@@ -23,12 +23,7 @@ let base: string;
 before(async () => {
   studio = await startStudio({ workspace: dirs.workspace, port: 0, env: gentleEnv() });
   base = studio.url;
-  const m = await call(base, "POST", "/api/models", {
-    name: "shapes",
-    source: "builtin:shapes-base",
-    scheduler: "ddim",
-  });
-  assert.equal((await waitJob(base, m.body.id as number)).status, "done");
+  await createShapesModel(base, "ddim");
 });
 after(async () => {
   await studio?.close();

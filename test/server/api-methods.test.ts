@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { type Studio, startStudio } from "../../src/server/studio.js";
-import { call, gentleEnv, studioDirs, subjectPictures, tinyLora, waitJob } from "./studio-helper.js";
+import { call, createShapesModel, gentleEnv, studioDirs, subjectPictures, tinyLora, waitJob } from "./studio-helper.js";
 
 const dirs = studioDirs("atelier-studio-methods-");
 let studio: Studio;
@@ -15,12 +15,7 @@ before(async () => {
   subjectPictures(`${dirs.workspace}/datasets/star`, 2);
   studio = await startStudio({ workspace: dirs.workspace, port: 0, env: gentleEnv() });
   base = studio.url;
-  const m = await call(base, "POST", "/api/models", {
-    name: "shapes",
-    source: "builtin:shapes-base",
-    scheduler: "ddim",
-  });
-  assert.equal((await waitJob(base, m.body.id as number)).status, "done");
+  await createShapesModel(base, "ddim");
 });
 after(async () => {
   await studio?.close();

@@ -1,5 +1,6 @@
 // What the studio tests share: a workspace in a temporary folder, pictures of
 // the shapes world's subject, JSON calls, and waiting for a job.
+import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { generateSubject, writeSceneFolder } from "../../src/shapes/world.js";
@@ -88,4 +89,11 @@ export function tinyLora(model: string, dataset: string, steps: number, every: n
     sample: { every_n_steps: every, steps: 3, prompts: ["a sks star"] },
     concepts: [{ instance_data_dir: `datasets/${dataset}`, instance_prompt: "a sks star" }],
   };
+}
+
+/** Creates the workspace model `name` from the built-in shapes base with `scheduler`, waiting for its job. */
+export async function createShapesModel(base: string, scheduler: string, name = "shapes"): Promise<void> {
+  const m = await call(base, "POST", "/api/models", { name, source: "builtin:shapes-base", scheduler });
+  assert.equal(m.status, 200, JSON.stringify(m.body));
+  assert.equal((await waitJob(base, m.body.id as number)).status, "done");
 }
