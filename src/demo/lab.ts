@@ -254,7 +254,7 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
   const evalOptions: EvalOptions = { samples, seed: 1000, steps: 20, sampler: "ddim", cfg: 5 };
   const rows: LabRow[] = [];
   const base = loadStableDiffusion(basePath);
-  const baseRuns = new Map<string, { runs: PromptSamples[]; subjects: SubjectData[] }>();
+  const baseRuns = new Map<string, { runs: PromptSamples[]; subjects: SubjectData[]; pictures: ImageStats }>();
   try {
     for (const spec of specs) {
       log(`lab: ${spec.name} (${spec.label}), ${spec.steps} steps`);
@@ -262,10 +262,10 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
       const subjects = spec.subjects.map(evalSubjectOf);
       const key = subjects.map((s) => s.token).join("+");
       if (!baseRuns.has(key)) {
-        baseRuns.set(key, { runs: evaluateModel(base, subjects, evalOptions, "base"), subjects: spec.subjects });
-        log(
-          `  base-${key}: ${pictureLine({ pictures: meanImageStats(baseRuns.get(key)!.runs.flatMap((r) => r.images ?? [])), final_loss: null, tail_loss: null } as LabRow)}`,
-        );
+        const runs = evaluateModel(base, subjects, evalOptions, "base");
+        const pictures = meanImageStats(runs.flatMap((r) => r.images ?? []));
+        baseRuns.set(key, { runs, subjects: spec.subjects, pictures });
+        log(`  base-${key}: ${pictureLine({ pictures, final_loss: null, tail_loss: null })}`);
       }
       // The run's files to evaluate: each checkpoint (RUN@STEP), then the final one unless a checkpoint is it.
       const files: { step: number; name: string; artifact?: string; loraArtifact?: string }[] = [
@@ -295,14 +295,14 @@ export async function runLab(o: LabOptions): Promise<{ rows: LabRow[]; table: st
         log(`  ${file.name}: ${formatRow(rows.at(-1)!)}`);
       }
     }
-    for (const [key, { runs, subjects }] of baseRuns) {
+    for (const [key, { runs, subjects, pictures }] of baseRuns) {
       const { variety, seen } = varietyOf(runs, subjects);
       const scores = scoreRuns(subjects.map(evalSubjectOf), runs, runs);
       const label = "the base model, same prompts and seeds";
       rows.unshift({
         final_loss: null,
         tail_loss: null,
-        pictures: meanImageStats(runs.flatMap((r) => r.images ?? [])),
+        pictures,
         name: `base-${key}`,
         label,
         claim: 0,
@@ -335,7 +335,7 @@ function formatRow(r: LabRow): string {
 
 const f4 = (x: number | null): string => (x === null ? "–" : x.toFixed(4));
 
-function pictureLine(r: LabRow): string {
+function pictureLine(r: Pick<LabRow, "pictures" | "final_loss" | "tail_loss">): string {
   const p = r.pictures;
   return `loss ${f4(r.final_loss)} (tail mean ${f4(r.tail_loss)}), saturation ${f4(p.saturation)}, contrast ${f4(p.contrast)}, edge ${f4(p.edge)}, laplacian var ${f4(p.laplacian_var)}`;
 }
