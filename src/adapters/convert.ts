@@ -45,7 +45,7 @@ export interface PeftConfig {
 }
 
 const DIFFUSERS_SUFFIX =
-  /^(.*?)\.(?:(?:processor\.)?(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight|lora(?:_linear_layer)?\.(down|up)\.weight|lora_([AB])(?:\.[\w-]+)?\.weight|alpha)$/;
+  /^(.*?)\.(?:(?:processor\.)?(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight|lora(?:_linear_layer)?\.(down|up)\.weight|lora_([AB])(?:\.[\w-]+)?\.weight|alpha|(lora_magnitude_vector))$/;
 
 /** True when every key is a diffusers/PEFT LoRA key. */
 export function isDiffusersLora(keys: readonly string[]): boolean {
@@ -72,16 +72,16 @@ function splitComponent(path: string, what: string): { component: Component; pat
 /**
  * diffusers (old and new) and PEFT keys → kohya modules. Alphas come from
  * `….alpha` keys, else from PEFT's config, else alpha = rank (scale 1, the
- * diffusers default without network_alphas).
+ * diffusers default without network_alphas). A PEFT DoRA's magnitude becomes
+ * the module's `dora_scale` on the output axis (magnitudesToDoraScale).
  */
 export function convertDiffusers(tensors: Map<string, Tensor>, what: string, config?: PeftConfig): ModuleTensors {
-  if (config?.use_dora) throw new LoraFormatError(`${what}: DoRA adapters (use_dora) are not supported`);
   const out: ModuleTensors = new Map();
   const paths = new Map<string, { component: Component; path: string }>();
   for (const [key, t] of tensors) {
     const m = DIFFUSERS_SUFFIX.exec(key);
     if (!m) throw new LoraFormatError(`${what}: unexpected key '${key}'`);
-    const [, head, attn, oldDir, dir, ab] = m;
+    const [, head, attn, oldDir, dir, ab, magnitude] = m;
     const where = splitComponent(head, what);
     if (attn) {
       // state_dict_utils.py: to_out_lora → to_out.0 (UNet) / out_proj (text encoder); to_q_lora → to_q / q_proj
@@ -92,9 +92,16 @@ export function convertDiffusers(tensors: Map<string, Tensor>, what: string, con
     const name = kohyaName(PREFIX[where.component], where.path);
     paths.set(name, where);
     const direction = oldDir ?? dir ?? (ab === "A" ? "down" : "up");
-    const kind = key.endsWith(".alpha") ? "alpha" : direction === "down" ? "lora_down.weight" : "lora_up.weight";
+    const kind = magnitude
+      ? PEFT_MAGNITUDE
+      : key.endsWith(".alpha")
+        ? "alpha"
+        : direction === "down"
+          ? "lora_down.weight"
+          : "lora_up.weight";
     put(out, name, kind, t, what);
   }
+  magnitudesToDoraScale(out, what, config);
   if (config?.lora_alpha !== undefined) {
     for (const [name, m] of out) {
       const down = m.get("lora_down.weight");
@@ -108,6 +115,42 @@ export function convertDiffusers(tensors: Map<string, Tensor>, what: string, con
     }
   }
   return out;
+}
+
+/** PEFT's DoRA magnitude, held under its own name until magnitudesToDoraScale makes it a dora_scale. */
+const PEFT_MAGNITUDE = "lora_magnitude_vector";
+
+/**
+ * PEFT's DoRA (huggingface/peft src/peft/tuners/lora/dora.py DoraLinearLayer /
+ * DoraConv2dLayer): W' = m · (W0 + s·BA) / ‖W0 + s·BA‖, the norm taken per
+ * output row (Linear: over dim 1, m saved as [out]; Conv2d: over dims 1–3, m
+ * saved as [1, out, 1, 1]). That is LyCORIS' DoRA with wd_on_out, whose
+ * dora_scale is [out, 1(, 1, 1)] (./dora.ts reads the axis from that shape).
+ */
+function magnitudesToDoraScale(out: ModuleTensors, what: string, config?: PeftConfig): void {
+  let found = 0;
+  for (const [name, m] of out) {
+    const magnitude = m.get(PEFT_MAGNITUDE);
+    if (!magnitude) continue;
+    found++;
+    const down = m.get("lora_down.weight");
+    const up = m.get("lora_up.weight");
+    if (!down || !up)
+      throw new LoraFormatError(
+        `${what}: module ${name} has a DoRA magnitude (lora_magnitude_vector) but no lora_A/lora_B`,
+      );
+    const rows = up.size(0);
+    if (magnitude.numel !== rows)
+      throw new LoraFormatError(
+        `${what}: module ${name}: lora_magnitude_vector [${magnitude.shape}] holds ${magnitude.numel} values for a layer of ${rows} output rows (lora_B [${up.shape}])`,
+      );
+    m.delete(PEFT_MAGNITUDE);
+    m.set("dora_scale", magnitude.reshape(rows, ...new Array<number>(down.ndim - 1).fill(1)));
+  }
+  if (config?.use_dora && found === 0)
+    throw new LoraFormatError(
+      `${what}: adapter_config.json says use_dora, but the file holds no lora_magnitude_vector`,
+    );
 }
 
 /** PEFT rank_pattern / alpha_pattern: a key matches a module path that ends with it (peft tuners_utils). */

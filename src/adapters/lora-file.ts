@@ -187,8 +187,11 @@ function convert(
     throw notLora(path, "a textual-inversion embedding ({token: vector})", keys);
   if (keys.some((k) => KOHYA.test(k))) return { ...convertKohya(path, dict, registry), format: "kohya" };
   if (isCloneofsimo(keys)) return { ...convertCloneofsimoDict(dict, path), format: "cloneofsimo" };
-  if (keys.some((k) => /\.(lora_magnitude_vector|dora_scale)/.test(k)))
-    throw new LoraFormatError(`${path}: DoRA weights (lora_magnitude_vector / dora_scale) are not supported`);
+  const namelessDora = keys.find((k) => k.endsWith(".dora_scale"));
+  if (namelessDora)
+    throw new LoraFormatError(
+      `${path}: a dora_scale outside kohya/LyCORIS module names ('${namelessDora}'); PEFT's DoRA is read as lora_magnitude_vector`,
+    );
   if (isDiffusersLora(keys)) {
     const peft = keys.some((k) => k.startsWith("base_model.model.") || /\.lora_[AB]\./.test(k));
     return { modules: convertDiffusers(dict, path, config), format: peft ? "peft" : "diffusers", ignored: [] };

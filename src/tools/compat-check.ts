@@ -21,7 +21,15 @@ import {
 import { openSafetensors } from "../formats/safetensors.js";
 import { LOADERS, type LoaderId, type LoaderRules, type NameFamily } from "./compat-rules.js";
 
-export type Verdict = "loads" | "loads-partly" | "no-effect" | "rejects" | "not-applicable";
+/** "misapplies": it loads without an error but computes other weights; "approximates": close, not equal. */
+export type Verdict =
+  | "loads"
+  | "loads-partly"
+  | "approximates"
+  | "misapplies"
+  | "no-effect"
+  | "rejects"
+  | "not-applicable";
 
 export interface LoaderVerdict {
   loader: LoaderId;
@@ -31,7 +39,7 @@ export interface LoaderVerdict {
   modules: number;
   /** Keys it would skip, with why (a few listed, all counted). */
   ignored: { count: number; examples: { key: string; why: string }[] };
-  /** Why it refuses the file (verdict "rejects"). */
+  /** Why it refuses the file (verdict "rejects"), or why its result differs ("misapplies", "approximates"). */
   reason?: string;
 }
 
@@ -96,8 +104,8 @@ function names(): Map<NameFamily, Set<string>> {
   return fam;
 }
 
-/** A file's keys, or why it is not a dict of tensors. */
-function readKeys(path: string): { keys: string[] } | { error: string } {
+/** A file's keys and the shapes of its dora_scale tensors, or why it is not a dict of tensors. */
+function readKeys(path: string): { keys: string[]; doraShapes: Map<string, number[]> } | { error: string } {
   let file = path;
   if (existsSync(path) && statSync(path).isDirectory()) {
     const inside = ["adapter_model.safetensors", "pytorch_lora_weights.safetensors"].map((n) => join(path, n));
@@ -108,7 +116,8 @@ function readKeys(path: string): { keys: string[] } | { error: string } {
   if (sniff(file) === "safetensors") {
     const f = openSafetensors(file);
     try {
-      return { keys: f.keys() };
+      const keys = f.keys();
+      return { keys, doraShapes: new Map(keys.filter(isDoraScale).map((k) => [k, f.info(k).shape])) };
     } finally {
       f.close();
     }
@@ -118,19 +127,30 @@ function readKeys(path: string): { keys: string[] } | { error: string } {
     if (Array.isArray(root)) return { error: "a pickled list of tensors, not a state dict (no key names)" };
     if (!(root instanceof Map)) return { error: `holds ${typeof root}, not a state dict` };
     const keys: string[] = [];
+    const doraShapes = new Map<string, number[]>();
     const walk = (m: Map<unknown, unknown>, prefix: string) => {
       for (const [k, v] of m) {
-        if (v instanceof Map) walk(v, `${prefix}${String(k)}.`);
-        else if (v instanceof Tensor) keys.push(`${prefix}${String(k)}`);
-        else keys.push(`${prefix}${String(k)}`);
+        const key = `${prefix}${String(k)}`;
+        if (v instanceof Map) walk(v, `${key}.`);
+        else keys.push(key);
+        if (v instanceof Tensor && isDoraScale(key)) doraShapes.set(key, v.shape);
       }
     };
     walk(root, "");
     if (keys.length === 0) return { error: "holds no tensors (an empty dict)" };
-    return { keys };
+    return { keys, doraShapes };
   } finally {
     disposeAll(root);
   }
+}
+
+const isDoraScale = (key: string) => key.endsWith(".dora_scale");
+
+/** A dora_scale's axis from its shape: [1, in, …] input, [out] or [out, 1, …] output (both: a 1-wide layer). */
+function doraAxis(shape: number[]): "input" | "output" | null {
+  if (shape.length >= 2 && shape[0] === 1 && shape.slice(2).every((d) => d === 1)) return "input";
+  if (shape.length >= 1 && shape[0] > 1 && shape.slice(1).every((d) => d === 1)) return "output";
+  return null;
 }
 
 function kindOf(keys: string[]): CheckReport["kind"] {
@@ -160,7 +180,7 @@ function split(rules: LoaderRules, key: string): { module: string; part: string 
   return { module: key.slice(0, key.length - best.length - sep.length), part: best };
 }
 
-function checkLora(rules: LoaderRules, keys: string[]): LoaderVerdict {
+function checkLora(rules: LoaderRules, keys: string[], doraShapes: Map<string, number[]>): LoaderVerdict {
   const fam = names();
   const known = (m: string) => rules.names.some((f) => fam.get(f)?.has(m));
   const ignored: { key: string; why: string }[] = [];
@@ -182,12 +202,15 @@ function checkLora(rules: LoaderRules, keys: string[]): LoaderVerdict {
   }
   let applied = 0;
   let reason: string | undefined;
+  let outputAxisDora: string | undefined;
   for (const [m, parts] of modules) {
     const method = Object.entries(rules.parts).find(
       ([, allowed]) => parts.every((p) => allowed.includes(p)) && parts.some((p) => p !== "alpha"),
     );
     if (method) {
       applied++;
+      const scale = doraShapes.get(`${m}.dora_scale`);
+      if (scale && doraAxis(scale) === "output") outputAxisDora ??= `${m}.dora_scale [${scale}]`;
       continue;
     }
     const why = `module '${m}' has parts [${parts.join(", ")}] that fit no module type it has`;
@@ -198,18 +221,22 @@ function checkLora(rules: LoaderRules, keys: string[]): LoaderVerdict {
     reason = `${ignored.length} keys it cannot convert (e.g. '${ignored[0].key}': ${ignored[0].why})`;
   if (!reason && rules.maxUnmatched !== undefined && ignored.length > rules.maxUnmatched)
     reason = `LoRA version mismatch: ${ignored.length} keys unmatched, over its limit of ${rules.maxUnmatched} (e.g. '${ignored[0].key}': ${ignored[0].why})`;
-  const verdict: Verdict = reason
-    ? "rejects"
-    : applied === 0
-      ? "no-effect"
-      : ignored.length > 0
-        ? "loads-partly"
-        : "loads";
+  const dora = !reason && outputAxisDora ? rules.doraOutputAxis : undefined;
+  if (dora) reason = `${dora.why} (e.g. ${outputAxisDora})`;
+  const verdict: Verdict = dora
+    ? dora.verdict
+    : reason
+      ? "rejects"
+      : applied === 0
+        ? "no-effect"
+        : ignored.length > 0
+          ? "loads-partly"
+          : "loads";
   return {
     loader: rules.id,
     name: rules.name,
     verdict,
-    modules: reason ? 0 : applied,
+    modules: reason && !dora ? 0 : applied,
     ignored: { count: ignored.length, examples: ignored.slice(0, 3) },
     reason,
   };
@@ -269,20 +296,18 @@ export function checkFile(path: string): CheckReport {
       })),
     };
   }
-  const { keys } = read;
+  const { keys, doraShapes } = read;
   const kind = kindOf(keys);
   if (kind === "embedding" || kind === "hypernetwork")
     return { path, kind, keys: keys.length, loaders: checkOther(kind, keys) };
-  return { path, kind, keys: keys.length, loaders: LOADERS.map((l) => checkLora(l, keys)) };
+  return { path, kind, keys: keys.length, loaders: LOADERS.map((l) => checkLora(l, keys, doraShapes)) };
 }
 
 export function formatCheck(r: CheckReport): string {
   const lines = [`${r.path}: ${r.kind}, ${r.keys} keys`];
   for (const l of r.loaders) {
-    const what =
-      (l.verdict === "loads" || l.verdict === "loads-partly") && r.kind === "lora"
-        ? `${l.verdict} (${l.modules} modules)`
-        : l.verdict;
+    const applies = l.verdict !== "rejects" && l.verdict !== "no-effect" && l.verdict !== "not-applicable";
+    const what = applies && r.kind === "lora" ? `${l.verdict} (${l.modules} modules)` : l.verdict;
     lines.push(`  ${l.name.padEnd(34)} ${what}${l.reason ? `: ${l.reason}` : ""}`);
     if (l.ignored.count > 0 && l.verdict !== "rejects") {
       lines.push(`    ignores ${l.ignored.count} keys, e.g.`);

@@ -58,7 +58,21 @@ export interface LoaderRules {
   extras?: readonly string[];
   /** More keys than this left unmatched: the whole file is refused (Forge's networks.py: 12). */
   maxUnmatched?: number;
+  /**
+   * How its DoRA treats a dora_scale on the output axis ([out, 1(, 1, 1)]: LyCORIS' wd_on_out,
+   * its default, and PEFT's magnitude). Every loader here reads the input axis ([1, in, …]) exactly.
+   */
+  doraOutputAxis?: { verdict: "misapplies" | "approximates"; why: string };
 }
+
+// A1111 extensions-builtin/Lora/network.py apply_weight_decompose and Forge's
+// backend/patcher/lora.py weight_decompose take ‖W0 + ΔW‖ per input column
+// only (transpose(0, 1) … norm(dim=1)): a [out, 1] dora_scale broadcasts
+// against the [1, in] norm into a full matrix, with no error.
+const DORA_INPUT_ONLY = {
+  verdict: "misapplies",
+  why: "its DoRA divides by the norms of the input columns only; an output-axis dora_scale ([out, 1, …]: LyCORIS' wd_on_out, PEFT's magnitude) broadcasts into wrong weights without an error",
+} as const;
 
 /** Families of module names, each generated from SD 1.x/2.x layer paths in compat-check.ts. */
 export type NameFamily =
@@ -122,6 +136,12 @@ const COMFYUI: LoaderRules = {
   ],
   unknownPartsFail: false,
   unmatchedFail: false,
+  // comfy/weight_adapter/base.py weight_decompose: wd_on_output_axis = dora_scale.shape[0] == out, then
+  // the norm is that of the base weight W0, where LyCORIS and PEFT take ‖W0 + ΔW‖
+  doraOutputAxis: {
+    verdict: "approximates",
+    why: "its DoRA reads an output-axis dora_scale but divides by the row norms of the base weight ‖W0‖, where LyCORIS and PEFT divide by ‖W0 + ΔW‖: close for small changes, not equal",
+  },
 };
 
 export const LOADERS: readonly LoaderRules[] = [
@@ -134,6 +154,7 @@ export const LOADERS: readonly LoaderRules[] = [
     unknownPartsFail: true,
     unmatchedFail: false,
     extras: ["bundle_emb."],
+    doraOutputAxis: DORA_INPUT_ONLY,
   },
   {
     id: "forge",
@@ -144,6 +165,7 @@ export const LOADERS: readonly LoaderRules[] = [
     unknownPartsFail: false,
     unmatchedFail: false,
     maxUnmatched: 12,
+    doraOutputAxis: DORA_INPUT_ONLY,
   },
   COMFYUI,
   {

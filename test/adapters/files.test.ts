@@ -127,7 +127,7 @@ test("diffusers: the attention-processor era, .lora.down, .lora_linear_layer and
   assert.equal(s.lora_te_text_model_encoder_layers_1_mlp_fc1.alpha, undefined, "no alpha: scale 1");
 });
 
-test("PEFT: adapter_config.json gives alpha, alpha_pattern and rsLoRA's alpha·√r; use_dora is refused", () => {
+test("PEFT: adapter_config.json gives alpha, alpha_pattern and rsLoRA's alpha·√r; use_dora needs magnitudes", () => {
   const folder = join(dir, "peft");
   mkdirSync(folder);
   write(
@@ -151,13 +151,16 @@ test("PEFT: adapter_config.json gives alpha, alpha_pattern and rsLoRA's alpha·�
   writeFileSync(join(folder, "adapter_config.json"), JSON.stringify({ ...config, use_rslora: true }));
   assert.equal(load(folder).lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha, 16);
   writeFileSync(join(folder, "adapter_config.json"), JSON.stringify({ ...config, use_dora: true }));
-  assert.throws(() => loadLoraFile(folder), /DoRA adapters \(use_dora\) are not supported/);
+  assert.throws(() => loadLoraFile(folder), /says use_dora, but the file holds no lora_magnitude_vector/);
 });
 
-test("refused by name: PEFT DoRA, SDXL, unknown keys, half modules, non-LoRA files, missing files", () => {
+test("refused by name: a half PEFT DoRA, SDXL, unknown keys, half modules, non-LoRA files, missing files", () => {
   const name = "lora_unet_down_blocks_0_attentions_0_proj_in";
   const cases: [Record<string, number[] | [[number]]>, RegExp][] = [
-    [{ [`unet.${ATTN}.to_q.lora_A.weight`]: [2, 8], [`unet.${ATTN}.to_q.lora_magnitude_vector`]: [8] }, /DoRA/],
+    [
+      { [`unet.${ATTN}.to_q.lora_A.weight`]: [2, 8], [`unet.${ATTN}.to_q.lora_magnitude_vector`]: [8] },
+      /a DoRA magnitude \(lora_magnitude_vector\) but no lora_A\/lora_B/,
+    ],
     [
       { "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": [2, 8] },
       /an SDXL LoRA \(lora_te1_\/lora_te2_ modules\)/,
