@@ -1,8 +1,9 @@
 // Textual Inversion (src/train/methods/textual-inversion.ts): its config is
 // checked, a shortened run on the tiny model moves the new word's vectors
 // and lowers the loss, the saved A1111 .pt loads as an embedding, a resumed
-// run equals an uninterrupted one, the text encoder stays bit-identical, and
-// a word of the tokenizer's vocabulary is refused before anything runs.
+// run equals an uninterrupted one (pivotal tuning's embedding-first runs too,
+// on either side of embedding_steps), the text encoder stays bit-identical,
+// and a word of the tokenizer's vocabulary is refused before anything runs.
 import assert from "node:assert/strict";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
@@ -248,4 +249,37 @@ test("pivotal tuning, embedding first: the LoRA stays bit-identical for embeddin
   assert.notDeepEqual(emb("-step000002"), emb("-step000001"), "the embedding trained meanwhile");
   const moved = [...s4].filter(([k, v]) => k.endsWith("lora_up.weight") && v.some((x) => x !== 0));
   assert.ok(moved.length > 0, "after embedding_steps the LoRA trains");
+});
+
+test("pivotal tuning, embedding first: resumed before and after the embedding_steps boundary, the run is the uninterrupted one", async () => {
+  const settings = {
+    max_steps: 4,
+    save: { formats: ["embedding_pt"], state: true, every_n_steps: 1, keep_last: 0 },
+    textual_inversion: { token: "zqx-square", lora_rank: 2, lora_lr: 1e-2, embedding_steps: 2 },
+  };
+  const whole = await train(loadTrainConfig(raw("first-whole", settings)), quiet);
+  const files = (name: string) => {
+    const out = new Map<string, number[]>();
+    const lora = loadSafetensors(join(w.root, name, "zqx-square-lora.safetensors")).tensors;
+    for (const [k, t] of lora) if (k.startsWith("lora_unet_")) out.set(k, t.toArray());
+    for (const t of lora.values()) t.dispose();
+    const e = loadEmbeddingFile(join(w.root, name, "zqx-square.pt"));
+    out.set("embedding", e.vectors.toArray());
+    e.vectors.dispose();
+    return out;
+  };
+  const expected = files("first-whole");
+  // step 1: the LoRA still frozen when it resumes; step 3: past the boundary, the LoRA trainable from the start
+  for (const stop of [1, 3]) {
+    const name = `first-part${stop}`;
+    await train(loadTrainConfig(raw(name, settings)), { ...quiet, stopAfter: stop });
+    const tag = `state-step${String(stop).padStart(6, "0")}`;
+    const resumed = await train(loadTrainConfig(raw(name, settings)), { ...quiet, resume: join(w.root, name, tag) });
+    assert.deepEqual(
+      resumed.losses.map((s) => s.loss),
+      whole.losses.map((s) => s.loss),
+      `resumed at step ${stop}: the same losses`,
+    );
+    assert.deepEqual(files(name), expected, `resumed at step ${stop}: the same LoRA and embedding, bit for bit`);
+  }
 });
