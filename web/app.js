@@ -2,6 +2,7 @@
 // outside the studio. Every action is one call of the JSON API
 // (/api/openapi.json); the pages hold no logic of their own.
 import { $, $$, api, fileUrl, token } from "./api.js";
+import { clearErrors, formField, showError } from "./forms.js";
 import { loadMerge } from "./merge.js";
 import { loadStudioJobs } from "./studio-jobs.js";
 
@@ -26,34 +27,6 @@ function waitJob(id, onUpdate) {
     poll();
   });
 }
-
-// ---- errors marked where they are ---------------------------------------------------------
-function clearErrors(form) {
-  for (const e of $$(".invalid", form)) e.classList.remove("invalid");
-  for (const e of $$(".error", form)) e.textContent = "";
-}
-
-/** Marks the input of the field an API error names, with the message. */
-function showError(form, err, fieldElement) {
-  const target = err.field ? fieldElement(err.field) : null;
-  if (target) {
-    target.classList.add("invalid");
-    target.title = err.message;
-    const label = target.closest("label");
-    if (label) {
-      const msg = el("span", { className: "error field-error", textContent: err.message });
-      label.append(msg);
-    }
-    target.focus();
-  }
-  const general = $(".error[data-for='body']", form);
-  if (general) general.textContent = err.message;
-}
-
-const formField = (form) => (field) => {
-  const name = field.replace(/^body\.(config\.)?/, "");
-  return form.elements.namedItem(name) ?? null;
-};
 
 // ---- pages -----------------------------------------------------------------------------------
 const pages = ["models", "train", "jobs", "generate", "library", "lab"];
@@ -290,7 +263,6 @@ const trainField = (form) => (field) => {
 
 async function checkTrain(form) {
   clearErrors(form);
-  for (const e of $$(".field-error", form)) e.remove();
   try {
     const r = await api("POST", "/api/train/check", trainRequest(form));
     $("#resolved-config").textContent = r.toml;
@@ -515,7 +487,6 @@ $("#generate-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const form = ev.target;
   clearErrors(form);
-  for (const e of $$(".field-error", form)) e.remove();
   const n = (name) => Number(form.elements.namedItem(name).value);
   const status = $("#gen-status");
   try {
@@ -580,7 +551,8 @@ async function loadLibrary() {
     section("Hypernetworks", lib.hypernetworks),
   );
 }
-async function loadLab() {
+/** The Lab page's list; shows the report at `select` (a workspace path), else the first. */
+async function loadLab(select) {
   const files = await api("GET", "/api/lab");
   const show = (f) => {
     // reports are shown in the page (sandboxed); eval.json is linked beside them
@@ -604,9 +576,12 @@ async function loadLab() {
         })
       : [el("li", { textContent: "no reports yet" })]),
   );
-  if (reports.length) show(reports[0]);
+  const chosen = reports.find((f) => f.path === select) ?? reports[0];
+  if (chosen) show(chosen);
   else $("#lab-report").replaceChildren();
 }
+// a finished evaluation job (studio-jobs.js) names its report
+window.addEventListener("atelier:report", (ev) => loadLab(ev.detail.path));
 
 const loaders = {
   models: () => Promise.all([loadModels(), loadMerge()]),

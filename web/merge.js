@@ -3,6 +3,7 @@
 // /api/merge/checkpoints). Each queues a job; its result lands in
 // models/Stable-diffusion. The page holds no logic: one API call per action.
 import { $, api } from "./api.js";
+import { clearErrors, formField, showError } from "./forms.js";
 
 async function follow(job, status) {
   for (;;) {
@@ -32,13 +33,18 @@ export async function loadMerge() {
   );
 }
 
+// The LoRA form's one LoRA is the request's loras[0]
+const LORA_FIELDS = { "loras[0].name": "lora", "loras[0].weight": "weight", loras: "lora" };
+
 async function submit(form, path, body) {
   const status = form.querySelector(".merge-status");
+  clearErrors(form);
+  status.textContent = "";
   try {
     await follow(await api("POST", path, body), status);
     await loadMerge();
   } catch (e) {
-    status.textContent = e.message;
+    if (!showError(form, e, formField(form, LORA_FIELDS))) status.textContent = e.message;
   }
 }
 

@@ -4,6 +4,7 @@
 // evaluation (POST /api/eval → outputs/eval/NAME/report.html, Lab page).
 // The page holds no logic: one API call per action, then the job is followed.
 import { $, api } from "./api.js";
+import { clearErrors, showError } from "./forms.js";
 
 async function follow(ids, status, done) {
   for (;;) {
@@ -48,10 +49,12 @@ function onSubmit(id, send) {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const status = form.querySelector(".job-status");
+    clearErrors(form);
+    status.textContent = "";
     try {
       await send(form, status);
     } catch (e) {
-      status.textContent = e.message;
+      if (!showError(form, e)) status.textContent = e.message;
     }
   });
 }
@@ -87,5 +90,8 @@ onSubmit("#eval-form", async (f, status) => {
   optional(body, "subject", f.subject.value);
   optional(body, "steps", f.steps.value && Number(f.steps.value));
   const job = await api("POST", "/api/eval", body);
-  await follow([job.id], status, ([j]) => `wrote ${j.result.output} (reload the Lab page to see it)`);
+  await follow([job.id], status, ([j]) => {
+    window.dispatchEvent(new CustomEvent("atelier:report", { detail: { path: j.result.output } }));
+    return `wrote ${j.result.output}`;
+  });
 });

@@ -2,8 +2,10 @@
 // playwright-core; no browser download): create a model from the shapes
 // base with a chosen scheduler, add a concept from uploaded pictures, see an
 // invalid field marked with the CLI's message, train a short LoRA and watch
-// its progress and a sample arrive, then generate with the result. The
-// screenshots go to test-output/studio/.
+// its progress and a sample arrive, then generate with the result; then the
+// other job forms (a LoRA merge, class images, a batch, an evaluation) run
+// and a taken name is marked on its field. The screenshots go to
+// test-output/studio/.
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -35,8 +37,8 @@ before(async () => {
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("console", (m) => {
-    // the 400 of the invalid field checked on purpose is the one failed request expected
-    if (m.type() === "error" && !/status of 400/.test(m.text())) errors.push(m.text());
+    // the 400 of the invalid field and the 409s of the taken names, checked on purpose, are the failed requests expected
+    if (m.type() === "error" && !/status of (400|409)/.test(m.text())) errors.push(m.text());
   });
 });
 after(async () => {
@@ -146,5 +148,63 @@ test("the seed workflow in chromium: create a model, a concept from uploads, tra
   const frame = await (await page.waitForSelector("#lab-report iframe")).contentFrame();
   await frame?.waitForSelector("text=lab of the browser test");
   await shot("7-lab");
+  assert.deepEqual(errors, [], "no error in the page");
+});
+
+// Uses the first test's model (shapes) and LoRA (e2e).
+test("the job forms in chromium: merge a LoRA, class images, a batch, an evaluation; a taken name marked on its field", {
+  skip,
+  timeout: 240_000,
+}, async () => {
+  await page.click("a[data-page=models]");
+  await page.waitForSelector("#merge-lora-checkpoint option[value=shapes]", { state: "attached" });
+  await page.waitForSelector("#merge-lora-name option[value=e2e]", { state: "attached" });
+  const mergeLora = async () => {
+    await page.fill("#merge-lora-form input[name=name]", "shapes-e2e");
+    await page.selectOption("#merge-lora-checkpoint", "shapes");
+    await page.selectOption("#merge-lora-name", "e2e");
+    await page.fill("#merge-lora-form input[name=weight]", "0.5");
+    await page.click("#merge-lora-form button[type=submit]");
+  };
+  await mergeLora();
+  await page.waitForSelector("#merge-lora-form .merge-status:has-text('wrote')", { timeout: 60_000 });
+  await mergeLora();
+  await page.waitForSelector("#merge-lora-form input[name=name].invalid");
+  assert.match(
+    (await page.textContent("#merge-lora-form .field-error")) ?? "",
+    /body\.name: models\/Stable-diffusion\/shapes-e2e\.safetensors exists; pick another name/,
+  );
+  await shot("8-merge-taken-name");
+
+  await page.click("a[data-page=train]");
+  await page.waitForSelector("#class-model option[value=shapes]", { state: "attached" });
+  await page.fill("#class-images-form input[name=count]", "2");
+  await page.fill("#class-images-form input[name=steps]", "3");
+  await page.click("#class-images-form button[type=submit]");
+  await page.waitForSelector("#class-images-form .job-status:has-text('wrote 2 pictures')", { timeout: 60_000 });
+  assert.equal(await page.$("#class-images-form .invalid"), null, "nothing marked after a success");
+
+  await page.click("a[data-page=generate]");
+  await page.waitForSelector("#batch-model option[value=shapes]", { state: "attached" });
+  await page.fill("#batch-form input[name=steps]", "3");
+  await page.click("#batch-form button[type=submit]");
+  await page.waitForSelector("#batch-form .job-status:has-text('2 jobs done')", { timeout: 60_000 });
+
+  await page.click("a[data-page=lab]");
+  await page.waitForSelector("#eval-model option[value=shapes]", { state: "attached" });
+  await page.waitForSelector("#eval-lora option[value=e2e]", { state: "attached" });
+  await page.selectOption("#eval-model", "shapes");
+  await page.selectOption("#eval-lora", "e2e");
+  await page.fill("#eval-form input[name=samples]", "2");
+  await page.fill("#eval-form input[name=steps]", "3");
+  await page.click("#eval-form button[type=submit]");
+  await page.waitForSelector("#eval-form .job-status:has-text('wrote outputs/eval/eval-1/report.html')", {
+    timeout: 120_000,
+  });
+  // the new report is listed and shown without reloading the page
+  await page.waitForSelector("#lab-report h3:has-text('outputs/eval/eval-1/report.html')");
+  const evalFrame = await (await page.waitForSelector("#lab-report iframe")).contentFrame();
+  await evalFrame?.waitForSelector("table");
+  await shot("9-lab-eval");
   assert.deepEqual(errors, [], "no error in the page");
 });
