@@ -234,7 +234,8 @@ export async function barChartSvg(data: readonly BarDatum[], o: BarChartOptions 
       mark: { type: "bar", tooltip: false },
       encoding: {
         x: { field: "model", type: "nominal", title: null, sort: models, axis: { labels: false, ticks: false } },
-        y: { field: "value", type: "quantitative", title: null },
+        // "~g": a panel of zeros reads 0, not 0.000000
+        y: { field: "value", type: "quantitative", title: null, axis: { format: "~g" } },
         color: { field: "model", type: "nominal", title: "model", scale: { domain: models.length ? models : ["-"] } },
       },
     },

@@ -112,3 +112,13 @@ test("bar chart draws one bar per metric and model, and copes with no data", asy
   assert.equal(bars.length, 3);
   assert.match(await barChartSvg([]), /^<svg/);
 });
+
+test("a bar panel whose values are all zero labels its axis 0, not 0.000000", async () => {
+  const svg = await barChartSvg([
+    { model: "a", metric: "identity", value: 0 },
+    { model: "b", metric: "identity", value: 0 },
+  ]);
+  const labels = [...svg.matchAll(/<text[^>]*>([^<]*)<\/text>/g)].map((m) => m[1]);
+  assert.ok(labels.includes("0"), labels.join(" | "));
+  assert.ok(!labels.some((l) => /^0\.0+$/.test(l)), labels.join(" | "));
+});
