@@ -1,7 +1,7 @@
 // A checkpoint's UNet and text-encoder weights by diffusers key, read one at
 // a time: a single-file checkpoint through its key maps (nothing else is
 // loaded), a diffusers folder one component at a time.
-import { disposeAll, type Tensor } from "../engine/index.js";
+import { disposeAll, keep, type Tensor } from "../engine/index.js";
 import { type CheckpointInfo, keyMapFor, loadCheckpoint } from "../formats/checkpoint.js";
 import { openSource, type Source } from "../formats/checkpoint-source.js";
 import { type KeyMap, type KeyMapEntry, normalizeLdmTextKey, toDiffusersTensors } from "../formats/keymaps/index.js";
@@ -70,7 +70,8 @@ function folderView(path: string, info: CheckpointInfo): WeightView {
     if (loaded?.c === c) return loaded.sd;
     if (loaded) disposeAll(loaded.sd);
     loaded = undefined;
-    const sd = loadCheckpoint(path, { components: [c], dtype: "float32" }).components[c]!;
+    // kept: get() is called inside the caller's scopes, which would free a component loaded there
+    const sd = keep(loadCheckpoint(path, { components: [c], dtype: "float32" }).components[c]!);
     loaded = { c, sd };
     return sd;
   };

@@ -5,9 +5,12 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
+import { disposeAll } from "../../src/engine/index.js";
+import { loadCheckpoint, saveCheckpoint } from "../../src/formats/checkpoint.js";
+import { loadSafetensors } from "../../src/formats/safetensors.js";
 import { cli } from "../cli-helper.js";
 import { checkLeaks, sharedFixture, tempDir } from "../helpers.js";
-import { writeTinyCheckpoint } from "../tiny-model.js";
+import { tinyTokenizerDir, writeTinyCheckpoint } from "../tiny-model.js";
 
 checkLeaks();
 
@@ -16,6 +19,31 @@ const [a, b] = ["a", "b"].map((n) => join(dir, `${n}.safetensors`));
 writeTinyCheckpoint(a, 1);
 writeTinyCheckpoint(b, 2);
 const p = (n: string) => join(dir, n);
+
+test("extract-lora reads diffusers folders as it reads single files (the same LoRA, bit for bit)", async () => {
+  // a folder's component loaded inside a module's scope was freed with it: the second UNet module failed
+  const [fa, fb] = ["fa", "fb"].map(p);
+  for (const [file, folder] of [
+    [a, fa],
+    [b, fb],
+  ]) {
+    const ck = loadCheckpoint(file);
+    const o = { layout: "diffusers" as const, configs: ck.info.configs, tokenizerFrom: tinyTokenizerDir() };
+    saveCheckpoint(ck.components, folder, o);
+    disposeAll(ck.components);
+  }
+  const single = await cli("extract-lora", a, b, p("single.safetensors"), "--dim", "4", "--conv-dim", "2");
+  const folders = await cli("extract-lora", fa, fb, p("folders.safetensors"), "--dim", "4", "--conv-dim", "2");
+  assert.equal(folders.code, 0, folders.err);
+  assert.equal(single.code, 0, single.err);
+  const [x, y] = ["single", "folders"].map((n) => loadSafetensors(p(`${n}.safetensors`)).tensors);
+  try {
+    assert.deepEqual([...y.keys()].sort(), [...x.keys()].sort());
+    for (const [k, t] of x) assert.deepEqual(y.get(k)!.toArray(), t.toArray(), k);
+  } finally {
+    disposeAll([x, y]);
+  }
+});
 
 test("extract → resize → lora-math → merge-lora → check, and merge-checkpoints", async () => {
   let r = await cli("extract-lora", a, b, p("x.safetensors"), "--dim", "4", "--conv-dim", "2");
