@@ -15,6 +15,7 @@ import {
   empty,
   isContiguous,
   isFloating,
+  keep,
   type Tensor,
 } from "../engine/index.js";
 import { PickleError, PyObject, type StorageRef, TensorRef, torchPersistentLoad, unpickle } from "./pickle.js";
@@ -225,7 +226,8 @@ export class TorchArchive {
         }
       } finally {
         if (!cached) {
-          if (this.#cache && this.#cacheable(s.key)) this.#cache.set(s.key, base);
+          // kept: the cache, not a scope of the caller's, frees it when withStorageCache ends
+          if (this.#cache && this.#cacheable(s.key)) this.#cache.set(s.key, keep(base));
           else base.dispose();
         }
       }

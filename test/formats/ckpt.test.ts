@@ -117,6 +117,22 @@ describe("hand-built archives", () => {
     }
   });
 
+  test("a shared storage read once in batch() survives the caller's scopes around each tensor", () => {
+    const f = openCkpt(writeTmp(torchZip(stateDictPickle(specs), storages)));
+    try {
+      // the storage is first read inside a scope: the cache keeps it for the next tensors
+      const [a, row1] = f.batch(() => ["a", "row1"].map((k) => scope(() => f.get(k).mul(2))));
+      assert.deepEqual(
+        a.toArray(),
+        Array.from(f32, (x) => 2 * x),
+      );
+      assert.deepEqual(row1.toArray(), [4, 5, 6, 7]);
+      disposeAll([a, row1]);
+    } finally {
+      f.close();
+    }
+  });
+
   test("DEFLATE entries and any archive folder name", () => {
     const items = [
       { name: "my_model/data.pkl", data: stateDictPickle(specs.slice(0, 1)), deflate: true },
