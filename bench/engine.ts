@@ -60,7 +60,7 @@ const USAGE = `usage: node dist/bench/engine.js [options]
   --reps N        timed repetitions per case, taken in turns with PyTorch (default 21)
   --warmup N      untimed repetitions first (default 5)
   --tiny-ops N    ops per repetition in the dispatch-overhead cases (default 10000)
-  --only a,b      run only these cases (matmul, conv, conv-eager, attention, tiny,
+  --only a,b      run only these cases (matmul, conv, conv-eager, attention, attention-1024, tiny,
                   tiny-tensor, tiny-scope)
   --cpus C        pin both processes to the same CPUs: auto (default: the N least
                   busy CPUs for --threads N; none when N >= CPUs), none, or a
@@ -124,6 +124,36 @@ function clearGrads(ps: Tensor[]): void {
   for (const p of ps) p.grad = null;
 }
 
+/** Self-attention fwd+bwd of [2, L, 320] with 8 heads, as engine_ref.py case_attention. */
+function attentionCase(key: string, L: number, note: string): Case {
+  return {
+    key,
+    ref: key,
+    label: `attention [2,${L},320] 8 heads${note} (fwd+bwd, ${sdpaFused ? "sdpa" : "math"})`,
+    setup(device) {
+      const [B, C, H] = [2, 320, 8];
+      const D = C / H;
+      const x = held(() => randn([B, L, C], { device }));
+      const s = 1 / Math.sqrt(C);
+      const [wq, wk, wv, wo] = [0, 1, 2, 3].map(() => param(() => randn([C, C], { device }).mul(s)));
+      const bo = param(() => zeros([C], { device }));
+      const params = [wq, wk, wv, wo, bo];
+      const heads = (t: Tensor) => t.reshape(B, L, H, D).transpose(1, 2);
+      return {
+        step() {
+          scope(() => {
+            const [q, k, v] = [wq, wk, wv].map((w) => heads(linear(x, w)));
+            const o = scaledDotProductAttention(q, k, v).transpose(1, 2).reshape(B, L, C);
+            linear(o, wo, bo).sum().backward();
+          });
+          clearGrads(params);
+        },
+        free: () => disposeAll([x, ...params]),
+      };
+    },
+  };
+}
+
 function caseList(): Case[] {
   return [
     {
@@ -175,32 +205,10 @@ function caseList(): Case[] {
         };
       },
     },
-    {
-      key: "attention",
-      ref: "attention",
-      label: `attention [2,256,320] 8 heads (fwd+bwd, ${sdpaFused ? "sdpa" : "math"})`,
-      setup(device) {
-        const [B, L, C, H] = [2, 256, 320, 8];
-        const D = C / H;
-        const x = held(() => randn([B, L, C], { device }));
-        const s = 1 / Math.sqrt(C);
-        const [wq, wk, wv, wo] = [0, 1, 2, 3].map(() => param(() => randn([C, C], { device }).mul(s)));
-        const bo = param(() => zeros([C], { device }));
-        const params = [wq, wk, wv, wo, bo];
-        const heads = (t: Tensor) => t.reshape(B, L, H, D).transpose(1, 2);
-        return {
-          step() {
-            scope(() => {
-              const [q, k, v] = [wq, wk, wv].map((w) => heads(linear(x, w)));
-              const o = scaledDotProductAttention(q, k, v).transpose(1, 2).reshape(B, L, C);
-              linear(o, wo, bo).sum().backward();
-            });
-            clearGrads(params);
-          },
-          free: () => disposeAll([x, ...params]),
-        };
-      },
-    },
+    attentionCase("attention", 256, ""),
+    // SD1.5's first transformer level at a 32×32 latent: 2×8×1024×1024 scores (see "Attention slices" in
+    // bench/RESULTS.md)
+    attentionCase("attention-1024", 1024, ", SD1.5 level 1 at 32² latents"),
     {
       key: "tiny",
       ref: "tiny",

@@ -85,8 +85,8 @@ def case_conv(dev, _args):
     return step
 
 
-def case_attention(dev, _args):
-    B, L, C, H = 2, 256, 320, 8
+def case_attention(dev, _args, L=256):
+    B, C, H = 2, 320, 8
     D = C // H
     x = torch.randn(B, L, C, device=dev)
     s = 1 / math.sqrt(C)
@@ -133,6 +133,8 @@ CASES = {
     "matmul": case_matmul,
     "conv": case_conv,
     "attention": case_attention,
+    # SD1.5's first transformer level at a 32x32 latent: 1024 tokens, 2x8x1024x1024 scores (64 MiB)
+    "attention-1024": lambda dev, args: case_attention(dev, args, L=1024),
     "tiny": case_tiny,
     "tiny-tensor": case_tiny_tensor,
 }

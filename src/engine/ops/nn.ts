@@ -193,8 +193,15 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, o: At
   return mathAttention(q, k, v, o);
 }
 
-/** Score elements one query slice may hold (default 2^24: 64 MiB of float32 scores). */
-let sliceElements = 1 << 24;
+/**
+ * Score elements one query slice may hold (default 2^22: 16 MiB of float32
+ * scores). glibc serves a block above its mmap threshold (32 MiB at most) with
+ * fresh pages on every allocation, so 64 MiB slices page-fault all their
+ * memory on every call: [2, 8, 1024, 40] attention took 684 ms with 2^24 and
+ * 65 ms with 2^22 on the 2-core VM, a tiny UNet's forward + backward at 32²
+ * latents 4.1–4.9 s against 2.1–2.8 s (bench/RESULTS.md "Attention slices").
+ */
+let sliceElements = 1 << 22;
 
 /**
  * Caps the scores the math attention path holds at once: queries go in slices
