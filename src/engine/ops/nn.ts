@@ -195,11 +195,11 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, o: At
 
 /**
  * Score elements one query slice may hold (default 2^22: 16 MiB of float32
- * scores). glibc serves a block above its mmap threshold (32 MiB at most) with
- * fresh pages on every allocation, so 64 MiB slices page-fault all their
- * memory on every call: [2, 8, 1024, 40] attention took 684 ms with 2^24 and
- * 65 ms with 2^22 on the 2-core VM, a tiny UNet's forward + backward at 32²
- * latents 4.1–4.9 s against 2.1–2.8 s (bench/RESULTS.md "Attention slices").
+ * scores). Bigger slices are slow: glibc serves a block above its mmap
+ * threshold (32 MiB at most) with fresh pages on every allocation, and the
+ * size costs beyond that: [2, 8, 1024, 40] attention took 684 ms with 2^24
+ * (482 with glibc's mmap off) and 65 ms with 2^22 on the 2-core VM
+ * (bench/RESULTS.md "Attention slices").
  */
 let sliceElements = 1 << 22;
 
