@@ -3,6 +3,7 @@
 import { resolve } from "node:path";
 import { runDemo } from "../demo/demo.js";
 import { runLab } from "../demo/lab.js";
+import { runUpscalerLab } from "../demo/lab-upscaler.js";
 import { num, parse, str, UsageError } from "./args.js";
 
 const FLAGS = {
@@ -40,9 +41,38 @@ export async function demoCommand(argv: string[]): Promise<number> {
 export async function labCommand(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
-    { ...FLAGS, only: { type: "string" }, checkpoints: { type: "string" } },
+    {
+      ...FLAGS,
+      only: { type: "string" },
+      checkpoints: { type: "string" },
+      stage2: { type: "boolean" },
+      "stage2-steps": { type: "string" },
+      upscaler: { type: "string" },
+    },
     NO_POSITIONALS,
   );
+  const out = resolve(str(values, "out") ?? "atelier-lab");
+  const steps = num(values, "steps", { integer: true, min: 1, max: 100000 });
+  const samples = num(values, "samples", { integer: true, min: 1, max: 1000 });
+  if (!values.stage2) {
+    for (const flag of ["stage2-steps", "upscaler"] as const)
+      if (values[flag] !== undefined) throw new UsageError(`--${flag} goes with --stage2`);
+  } else {
+    for (const flag of ["only", "checkpoints"] as const)
+      if (values[flag] !== undefined) throw new UsageError(`--${flag} is not a flag of lab --stage2`);
+    const r = await runUpscalerLab({
+      out,
+      base: str(values, "base"),
+      upscaler: str(values, "upscaler"),
+      quick: values.quick === true,
+      steps,
+      samples,
+      stage2Steps: num(values, "stage2-steps", { integer: true, min: 1, max: 100000 }),
+      log: (line) => console.error(line),
+    });
+    console.log(r.table);
+    return 0;
+  }
   const checkpoints = str(values, "checkpoints")
     ?.split(",")
     .map((s) => s.trim())
@@ -57,11 +87,11 @@ export async function labCommand(argv: string[]): Promise<number> {
     .map((s) => s.trim())
     .filter(Boolean);
   const r = await runLab({
-    out: resolve(str(values, "out") ?? "atelier-lab"),
+    out,
     base: str(values, "base"),
     quick: values.quick === true,
-    steps: num(values, "steps", { integer: true, min: 1, max: 100000 }),
-    samples: num(values, "samples", { integer: true, min: 1, max: 1000 }),
+    steps,
+    samples,
     only,
     checkpoints,
     log: (line) => console.error(line),

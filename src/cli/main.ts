@@ -31,7 +31,7 @@ const commands: Record<string, Command> = {
   },
   lab: {
     summary:
-      "[--out DIR] [--only RUN,…] [--steps N] [--checkpoints STEP,…]: measure fine-tuning claims on the shapes world (docs/lab.md)",
+      "[--out DIR] [--only RUN,…] [--steps N] [--checkpoints STEP,…]: measure fine-tuning claims on the shapes world (docs/lab.md); --stage2 [--stage2-steps N]: Dreambooth's second stage (the ×4 upscaler) instead",
     run: labCommand,
   },
   doctor: {

@@ -38,6 +38,24 @@ test("demo and lab: a missing base model is named with how to build it; nothing 
   }
 });
 
+test("lab --stage2: flags of the other lab refused, a missing upscaler named; nothing is written", async () => {
+  const out = join(dir, "lab-stage2");
+  for (const [argv, re] of [
+    [["--stage2", "--only", "db-prior"], /--only is not a flag of lab --stage2/],
+    [["--upscaler", "x"], /--upscaler goes with --stage2/],
+    [["--stage2-steps", "5"], /--stage2-steps goes with --stage2/],
+    [["--stage2", "--stage2-steps", "0"], /--stage2-steps must be an integer >= 1/],
+  ] as [string[], RegExp][]) {
+    const r = await cli("lab", ...argv, "--out", out);
+    assert.equal(r.code, 2, argv.join(" "));
+    assert.match(r.err, re, argv.join(" "));
+  }
+  const r = await cli("lab", "--stage2", "--upscaler", join(dir, "no-upscaler"), "--out", out);
+  assert.equal(r.code, 1);
+  assert.match(r.err, /lab --stage2: no upscaler folder at .*no-upscaler \(atelier shapes build-upscaler\)/);
+  assert.ok(!existsSync(out), "nothing written");
+});
+
 test("lab --only: an unknown run is named with the list of runs", async () => {
   const out = join(dir, "lab-only");
   const r = await cli("lab", "--only", "db-prior,db-typo", "--out", out);

@@ -5,10 +5,24 @@
 // upscalerPrediction, as diffusers' train_dreambooth stage 2 pairs them) —
 // and writes it as a StableDiffusionUpscalePipeline folder (fp16) whose text
 // encoder and tokenizer are the shapes base's, with recipe.json and the loss
-// logs. Both stages train on random crops (the networks are convolutional).
+// logs. Both stages train on random crops (the networks are convolutional),
+// half of each batch from the plain world and half from patterned scenes
+// (dots, two-tone shapes; never the Dreambooth subject's own combination).
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Generator, indexSelect, manualSeed, noGrad, randint, randn, scope, std, tensor } from "../../engine/index.js";
+import {
+  cat,
+  Generator,
+  indexSelect,
+  manualSeed,
+  noGrad,
+  randint,
+  randn,
+  scope,
+  std,
+  type Tensor,
+  tensor,
+} from "../../engine/index.js";
 import { writeTextAtomic } from "../../formats/atomic-write.js";
 import { saveCheckpoint } from "../../formats/checkpoint.js";
 import { disposeStableDiffusion, loadStableDiffusion } from "../../models/stable-diffusion.js";
@@ -23,12 +37,19 @@ import { NoiseSchedule } from "../../schedulers/index.js";
 import { Ema } from "../../train/ema.js";
 import { diffusionLoss } from "../../train/losses.js";
 import { downscale4, upscalerPrediction } from "../../train/methods/dreambooth-upscaler.js";
-import { drawIndices, renderWorld, toUnitRange, type WorldImages } from "../base/data.js";
+import {
+  drawIndices,
+  patternedScenes,
+  renderScenes,
+  renderWorld,
+  toUnitRange,
+  type WorldImages,
+} from "../base/data.js";
 import { runStage } from "../base/stage.js";
 import { reconstructionLoss } from "../base/train-vae.js";
 import { shapesBasePath } from "../base-path.js";
 import { WorldRng } from "../rng.js";
-import { caption } from "../world.js";
+import { caption, type Scene } from "../world.js";
 import { UPSCALER_RECIPE, type UpscalerRecipe } from "./recipe.js";
 
 export interface BuildUpscalerOptions {
@@ -46,13 +67,44 @@ export interface BuildUpscalerResult {
   unetLoss: number;
 }
 
-/** A random `crop`² window of a random batch of scenes, in [-1, 1], and their rows. */
-function cropBatch(data: WorldImages, batch: number, crop: number, g: Generator, rng: WorldRng) {
-  const rows = drawIndices(data.scenes.length, batch, g);
-  const x = Math.floor(rng.next() * (data.size - crop + 1));
-  const y = Math.floor(rng.next() * (data.size - crop + 1));
-  const pixels = scope(() => toUnitRange(indexSelect(data.pixels, 0, rows).narrow(2, y, crop).narrow(3, x, crop)));
-  return { rows, pixels };
+/**
+ * A random `crop`² window of a random batch of scenes, in [-1, 1], and the
+ * scenes drawn: `share` of the batch from `patterned` (dots and two-tone
+ * shapes), the rest from the plain world — as the base's VAE refinement
+ * (src/shapes/base/train-vae.ts detailVae) mixes them.
+ */
+function cropBatch(
+  world: WorldImages,
+  patterned: WorldImages,
+  share: number,
+  batch: number,
+  crop: number,
+  g: Generator,
+  rng: WorldRng,
+): { scenes: Scene[]; pixels: Tensor } {
+  const fromPatterned = Math.round(batch * share);
+  const x = Math.floor(rng.next() * (world.size - crop + 1));
+  const y = Math.floor(rng.next() * (world.size - crop + 1));
+  const scenes: Scene[] = [];
+  const parts: [WorldImages, number][] = [
+    [world, batch - fromPatterned],
+    [patterned, fromPatterned],
+  ];
+  const pixels = scope(() =>
+    toUnitRange(
+      cat(
+        parts
+          .filter(([, n]) => n > 0)
+          .map(([data, n]) => {
+            const rows = drawIndices(data.scenes.length, n, g);
+            for (const r of rows.toTypedArray() as BigInt64Array) scenes.push(data.scenes[Number(r)]);
+            return indexSelect(data.pixels, 0, rows).narrow(2, y, crop).narrow(3, x, crop);
+          }),
+        0,
+      ),
+    ),
+  );
+  return { scenes, pixels };
 }
 
 export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpscalerResult> {
@@ -78,8 +130,11 @@ export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpsca
   manualSeed(recipe.seed);
   const g = new Generator(recipe.seed);
   const rng = new WorldRng(recipe.seed, 11);
-  log(`rendering ${recipe.scenes} scenes at ${recipe.hrSize}² (seed ${recipe.seed})`);
+  log(
+    `rendering ${recipe.scenes} + ${recipe.patternedScenes} patterned scenes at ${recipe.hrSize}² (seed ${recipe.seed})`,
+  );
   const data = renderWorld(recipe.seed, recipe.scenes, recipe.hrSize);
+  const patterned = renderScenes(patternedScenes(recipe.seed, recipe.patternedScenes, recipe.hrSize), recipe.hrSize);
   const vae = new AutoencoderKL(recipe.vae, { generator: g });
   let unet: UNet2DConditionModel | null = null;
   try {
@@ -94,7 +149,7 @@ export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpsca
       logFile: join(logDir, "vae.jsonl"),
       log,
       loss: () => {
-        const { pixels } = cropBatch(data, v.batch, recipe.crop, g, rng);
+        const { pixels } = cropBatch(data, patterned, v.patternedShare, v.batch, recipe.crop, g, rng);
         const posterior = vae.encode(pixels);
         const decoded = vae.decode(posterior.sample(g));
         const rec = reconstructionLoss(decoded, pixels).add(decoded.sub(pixels).square().mean().mul(v.mseWeight));
@@ -106,7 +161,7 @@ export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpsca
     // SD's rule for the scaling factor: 1 / std of the latents (the real upscaler's 0.08333 is its own).
     const scalingFactor = noGrad(() =>
       scope(() => {
-        const { pixels } = cropBatch(data, 64, recipe.crop, g, rng);
+        const { pixels } = cropBatch(data, patterned, v.patternedShare, 64, recipe.crop, g, rng);
         return 1 / std(vae.encode(pixels).mean).item();
       }),
     );
@@ -144,10 +199,8 @@ export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpsca
         logFile: join(logDir, "unet.jsonl"),
         log,
         loss: () => {
-          const { rows, pixels } = cropBatch(data, u.batch, recipe.crop, g, rng);
-          const texts = Array.from(rows.toTypedArray() as BigInt64Array, (r) =>
-            captionRng.next() < u.dropCaption ? "" : caption(data.scenes[Number(r)]),
-          );
+          const { scenes, pixels } = cropBatch(data, patterned, u.patternedShare, u.batch, recipe.crop, g, rng);
+          const texts = scenes.map((scene) => (captionRng.next() < u.dropCaption ? "" : caption(scene)));
           const latents = noGrad(() => scaled.encode(pixels).mean.mul(scalingFactor));
           const tokenIds = tensor(Int32Array.from(texts.flatMap(idsOf)), { shape: [texts.length, maxLen] });
           const context = noGrad(() => base.textEncoder.encode(tokenIds));
@@ -219,6 +272,7 @@ export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpsca
     unet?.dispose();
     vae.dispose();
     data.pixels.dispose();
+    patterned.pixels.dispose();
     g.dispose();
     disposeStableDiffusion(base);
   }

@@ -16,16 +16,28 @@ export interface UpscalerRecipe {
   seed: number;
   /** Distinct training scenes, rendered at `hrSize` once and kept in memory. */
   scenes: number;
+  /**
+   * Shapes with a dot or a second colour (src/shapes/base/data.ts
+   * patternedScenes: never the subject's own combination), also at `hrSize`:
+   * trained on plain shapes only, the codec and the UNet paint a shape's
+   * inside in one colour, and a red dot on yellow comes back green or orange.
+   */
+  patternedScenes: number;
   /** The high-resolution side (the low-res input is hrSize / 4). */
   hrSize: number;
   /** Side of the random high-res crops both stages train on (the networks are convolutional). */
   crop: number;
   vae: VaeConfig;
-  /** VAE: L1 + edge L1 + mseWeight · MSE + klWeight · KL on crops. */
-  vaeTrain: StageSettings & { klWeight: number; mseWeight: number };
+  /** VAE: `patternedShare` of each batch from the patterned scenes; L1 + edge L1 + mseWeight · MSE + klWeight · KL on crops. */
+  vaeTrain: StageSettings & { klWeight: number; mseWeight: number; patternedShare: number };
   unet: UNetConfig;
-  /** UNet only (the text encoder is the base's, frozen); v-prediction, noise levels drawn in 0..maxNoiseLevel. */
-  unetTrain: StageSettings & { dropCaption: number; emaDecay: number; maxGradNorm: number };
+  /**
+   * UNet only (the text encoder is the base's, frozen); v-prediction, noise
+   * levels drawn in 0..maxNoiseLevel; `patternedShare` of each batch from the
+   * patterned scenes (a super-resolution model sees every kind of detail, as
+   * SD's x4 upscaler did; the subject's own combination is left to stage 2).
+   */
+  unetTrain: StageSettings & { dropCaption: number; emaDecay: number; maxGradNorm: number; patternedShare: number };
   maxNoiseLevel: number;
   /** What the upscaler is sampled with in the quality check and the lab. */
   sampling: { steps: number; noiseLevel: number; cfg: number };
@@ -34,6 +46,7 @@ export interface UpscalerRecipe {
 export const UPSCALER_RECIPE: UpscalerRecipe = {
   seed: 20261203,
   scenes: 800,
+  patternedScenes: 800,
   hrSize: 256,
   crop: 64,
   vae: {
@@ -46,7 +59,7 @@ export const UPSCALER_RECIPE: UpscalerRecipe = {
     normNumGroups: 8,
     scalingFactor: 1,
   },
-  vaeTrain: { steps: 250, batch: 8, lr: 1e-3, warmup: 20, klWeight: 1e-6, mseWeight: 4 },
+  vaeTrain: { steps: 3000, batch: 8, lr: 1e-3, warmup: 100, klWeight: 1e-6, mseWeight: 4, patternedShare: 0.5 },
   unet: {
     sampleSize: 64,
     inChannels: 7,
@@ -65,7 +78,16 @@ export const UPSCALER_RECIPE: UpscalerRecipe = {
     freqShift: 0,
     numClassEmbeds: 1000,
   },
-  unetTrain: { steps: 350, batch: 12, lr: 1e-3, warmup: 30, dropCaption: 0.1, emaDecay: 0.99, maxGradNorm: 1 },
+  unetTrain: {
+    steps: 4000,
+    batch: 12,
+    lr: 1e-3,
+    warmup: 100,
+    dropCaption: 0.1,
+    emaDecay: 0.99,
+    maxGradNorm: 1,
+    patternedShare: 0.5,
+  },
   maxNoiseLevel: 350,
   sampling: { steps: 20, noiseLevel: 20, cfg: 1 },
 };
@@ -75,6 +97,7 @@ export function quickUpscalerRecipe(r: UpscalerRecipe = UPSCALER_RECIPE): Upscal
   return {
     ...r,
     scenes: 16,
+    patternedScenes: 16,
     vaeTrain: { ...r.vaeTrain, steps: 3, batch: 2, warmup: 1 },
     unetTrain: { ...r.unetTrain, steps: 3, batch: 2, warmup: 1 },
   };
