@@ -9,7 +9,7 @@
 // half of each batch from the plain world and half from patterned scenes
 // (dots, two-tone shapes; never the Dreambooth subject's own combination).
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { isAbsolute, join, relative, resolve } from "node:path";
 import {
   cat,
   Generator,
@@ -47,7 +47,7 @@ import {
 } from "../base/data.js";
 import { runStage } from "../base/stage.js";
 import { reconstructionLoss } from "../base/train-vae.js";
-import { shapesBasePath } from "../base-path.js";
+import { packageRoot, shapesBasePath } from "../base-path.js";
 import { WorldRng } from "../rng.js";
 import { caption, type Scene } from "../world.js";
 import { UPSCALER_RECIPE, type UpscalerRecipe } from "./recipe.js";
@@ -105,6 +105,12 @@ function cropBatch(
     ),
   );
   return { scenes, pixels };
+}
+
+/** The base as recipe.json records it: inside the package relative to its root, so the file names no machine. */
+function recordedPath(path: string): string {
+  const rel = relative(packageRoot(), resolve(path));
+  return rel.startsWith("..") || isAbsolute(rel) ? path : rel;
 }
 
 export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpscalerResult> {
@@ -264,7 +270,7 @@ export async function buildUpscaler(o: BuildUpscalerOptions): Promise<BuildUpsca
     const unetLoss = tail(unetRecords);
     writeTextAtomic(
       join(o.out, "recipe.json"),
-      `${JSON.stringify({ recipe, base: basePath, scalingFactor, finalLoss: { vae: vaeLoss, unet: unetLoss }, seconds: Math.round(seconds), built: new Date().toISOString() }, null, 2)}\n`,
+      `${JSON.stringify({ recipe, base: recordedPath(basePath), scalingFactor, finalLoss: { vae: vaeLoss, unet: unetLoss }, seconds: Math.round(seconds), built: new Date().toISOString() }, null, 2)}\n`,
     );
     rmSync(work, { recursive: true, force: true });
     return { out: o.out, seconds, vaeLoss, unetLoss };
