@@ -11,14 +11,14 @@ export { readPngText } from "./formats/png.js";
 export * as safetensors from "./formats/safetensors.js";
 
 export { type GenerateRgbOptions, generateRgb, type RgbImage } from "./infer/generate-rgb.js";
-export { saveImages } from "./infer/save-images.js";
+export { saveImages, saveUpscaled } from "./infer/save-images.js";
 export { type Txt2ImgOptions, txt2img } from "./infer/txt2img.js";
 export { type UpscaleOptions, upscale } from "./infer/upscale.js";
 export { generateTwoStage, upscaleRgb } from "./infer/upscale-rgb.js";
 export { disposeStableDiffusion, type LoadedStableDiffusion, loadStableDiffusion } from "./models/stable-diffusion.js";
-export { type LoadedUpscaler, loadUpscaler } from "./models/upscaler/index.js";
+export { disposeUpscaler, type LoadedUpscaler, loadUpscaler } from "./models/upscaler/index.js";
 export { SAMPLER_NAMES } from "./schedulers/index.js";
-export { packageRoot, shapesBasePath } from "./shapes/base-path.js";
+export { packageRoot, shapesBasePath, shapesUpscalerPath } from "./shapes/base-path.js";
 export { mergeCheckpoints } from "./tools/checkpoint-merger.js";
 export { checkFile, formatCheck } from "./tools/compat-check.js";
 export { convertCheckpoint } from "./tools/convert.js";

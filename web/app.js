@@ -466,6 +466,10 @@ async function loadGenerate() {
       }),
     );
   }
+  $("#gen-upscaler").replaceChildren(
+    el("option", { value: "", textContent: "(none)" }),
+    ...workspace.upscalers.map((n) => el("option", { value: n, textContent: n })),
+  );
   await loadGallery();
 }
 // LoRAs and hypernetworks are tags; an embedding is its file name as a word (A1111)
@@ -500,6 +504,9 @@ $("#generate-form").addEventListener("submit", async (ev) => {
       seed: n("seed"),
       width: n("width"),
       height: n("height"),
+      // a second stage ×4 when an upscaler is picked
+      ...(form.upscaler.value ? { upscaler: form.upscaler.value } : {}),
+      ...(form.upscaler.value && form.noise_level.value !== "" ? { noise_level: n("noise_level") } : {}),
     });
     status.textContent = `generating (job ${job.id})…`;
     const done = await waitJob(job.id, (j) => {

@@ -1,11 +1,9 @@
 // atelier upscale: a picture ×4 with the latent upscaler (flags → library calls).
 import { existsSync } from "node:fs";
-import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
-import { a1111Parameters, encodePng } from "../formats/png.js";
 import type { GenerateRgbOptions } from "../infer/generate-rgb.js";
-import { checkImageOut, imagePaths, saveImages, saveLatent } from "../infer/save-images.js";
+import { checkImageOut, saveImages, saveLatent, saveUpscaled } from "../infer/save-images.js";
 import { minUpscaleInput } from "../infer/upscale.js";
-import { generateTwoStage, type UpscaleRgbResult, upscaleRgb } from "../infer/upscale-rgb.js";
+import { generateTwoStage, upscaleRgb } from "../infer/upscale-rgb.js";
 import type { StableDiffusion } from "../models/stable-diffusion.js";
 import { checkNoiseLevel, disposeUpscaler, loadUpscaler } from "../models/upscaler/index.js";
 import { loadImage } from "../train/data/image.js";
@@ -13,32 +11,6 @@ import { num, parse, required, str, UsageError } from "./args.js";
 
 export const UPSCALE_SUMMARY =
   "--model UPSCALER --image IN.png --prompt TEXT [--negative --noise-level N --steps --cfg --seed --out]: ×4 upscale";
-
-/** A1111's parameters text for an upscale, with the noise level and the input size. */
-export function upscaleParameters(s: UpscaleRgbResult["settings"], size: [number, number], model: string): string {
-  return a1111Parameters({
-    prompt: s.prompt,
-    negative: s.negative,
-    steps: s.steps,
-    sampler: s.sampler === "ddim" ? "DDIM" : s.sampler,
-    cfg: s.cfg,
-    seed: s.seed,
-    width: size[0],
-    height: size[1],
-    model,
-    extra: { "Noise level": s.noiseLevel },
-  });
-}
-
-/** Writes the upscaled pictures as PNGs (out.png, or out-0.png, … for several). */
-export function saveUpscaled(r: UpscaleRgbResult, out: string, model: string): string[] {
-  const paths = imagePaths(out, r.images.length);
-  r.images.forEach((img, i) => {
-    const png = encodePng(img, { parameters: upscaleParameters(r.settings, [img.width, img.height], model) });
-    writeFileAtomic(paths[i], (fd) => writeAll(fd, png));
-  });
-  return paths;
-}
 
 export async function upscaleCommand(argv: string[]): Promise<number> {
   const { values } = parse(

@@ -6,6 +6,7 @@ import { writeAll, writeFileAtomic } from "../formats/atomic-write.js";
 import { a1111Parameters, encodePng } from "../formats/png.js";
 import { saveSafetensors } from "../formats/safetensors.js";
 import type { GenerateRgbResult } from "./generate-rgb.js";
+import type { UpscaleRgbResult } from "./upscale-rgb.js";
 
 /** A1111's names for our samplers, for the parameters text. */
 export const A1111_SAMPLER_NAMES: Record<string, string> = {
@@ -54,6 +55,32 @@ export function saveImages(result: GenerateRgbResult, out: string, modelName: st
   const paths = imagePaths(out, s.batch);
   result.images.forEach((img, i) => {
     const png = encodePng(img, { parameters: text });
+    writeFileAtomic(paths[i], (fd) => writeAll(fd, png));
+  });
+  return paths;
+}
+
+/** A1111's parameters text for an upscale, with the noise level and the input size. */
+export function upscaleParameters(s: UpscaleRgbResult["settings"], size: [number, number], model: string): string {
+  return a1111Parameters({
+    prompt: s.prompt,
+    negative: s.negative,
+    steps: s.steps,
+    sampler: s.sampler === "ddim" ? "DDIM" : s.sampler,
+    cfg: s.cfg,
+    seed: s.seed,
+    width: size[0],
+    height: size[1],
+    model,
+    extra: { "Noise level": s.noiseLevel },
+  });
+}
+
+/** Writes the upscaled pictures as PNGs (out.png, or out-0.png, … for several). */
+export function saveUpscaled(r: UpscaleRgbResult, out: string, model: string): string[] {
+  const paths = imagePaths(out, r.images.length);
+  r.images.forEach((img, i) => {
+    const png = encodePng(img, { parameters: upscaleParameters(r.settings, [img.width, img.height], model) });
     writeFileAtomic(paths[i], (fd) => writeAll(fd, png));
   });
   return paths;

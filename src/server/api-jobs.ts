@@ -9,6 +9,7 @@ import type { Route } from "./http.js";
 import type { Job } from "./queue.js";
 import type { StudioContext } from "./studio.js";
 import { configToml, studioConfig } from "./train-config.js";
+import { resolveUpscaler } from "./upscalers.js";
 import { HttpError, type JsonSchema, nameSchema } from "./validate.js";
 import { LAYOUT } from "./workspace-files.js";
 
@@ -38,6 +39,10 @@ export const GENERATE_FIELDS: Record<string, JsonSchema> = {
   width: { type: "integer", minimum: 8, maximum: 2048 },
   height: { type: "integer", minimum: 8, maximum: 2048 },
   batch: { type: "integer", minimum: 1, maximum: 16 },
+  /** Two-stage generation: the pictures, then ×4 through this upscaler (GET /api/workspace lists them). */
+  upscaler: { type: "string", minLength: 1, maxLength: 200 },
+  noise_level: { type: "integer", minimum: 0, maximum: 1000 },
+  upscaler_steps: { type: "integer", minimum: 1, maximum: 150 },
 };
 
 export type GenerateBody = Record<string, unknown> & { model: string; prompt: string };
@@ -60,6 +65,16 @@ export function generateParams(root: string, b: GenerateBody): Record<string, un
       throw new HttpError(400, `body.${k}: must be a multiple of 8, got ${b[k]}`, `body.${k}`);
     }
   }
+  const noiseLevel = b.noise_level as number | undefined;
+  const upscalerSteps = b.upscaler_steps as number | undefined;
+  if (b.upscaler === undefined && (noiseLevel !== undefined || upscalerSteps !== undefined)) {
+    const field = noiseLevel !== undefined ? "body.noise_level" : "body.upscaler_steps";
+    throw new HttpError(400, `${field}: goes with body.upscaler`, field);
+  }
+  const upscaler =
+    b.upscaler === undefined
+      ? undefined
+      : { path: resolveUpscaler(root, b.upscaler as string, noiseLevel), noiseLevel, steps: upscalerSteps };
   const seed = (b.seed as number | undefined) ?? randomInt(2 ** 31);
   const stamp = new Date().toISOString().slice(0, 19).replace(/[-:]/g, "").replace("T", "-");
   const request = { ...b, seed };
@@ -82,6 +97,7 @@ export function generateParams(root: string, b: GenerateBody): Record<string, un
       width: (b.width as number | undefined) ?? 64,
       height: (b.height as number | undefined) ?? 64,
       batch: (b.batch as number | undefined) ?? 1,
+      upscaler,
     },
   };
 }
@@ -144,7 +160,7 @@ export function jobRoutes(ctx: StudioContext): Route[] {
       method: "POST",
       path: "/api/generate",
       summary:
-        "queue a txt2img (A1111 prompt syntax: <lora:NAME:w> from models/Lora, <hypernet:NAME:m> from models/hypernetworks, embeddings/ words); PNGs with A1111 parameters",
+        "queue a txt2img (A1111 prompt syntax: <lora:NAME:w> from models/Lora, <hypernet:NAME:m> from models/hypernetworks, embeddings/ words); PNGs with A1111 parameters; with `upscaler`, each picture is then upscaled ×4 (NAME-base.png keeps the first stage's)",
       body: {
         type: "object",
         required: ["model", "prompt"],

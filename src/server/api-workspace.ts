@@ -21,6 +21,7 @@ import { jobJson } from "./api-jobs.js";
 import type { Route } from "./http.js";
 import { sendFile } from "./http.js";
 import type { StudioContext } from "./studio.js";
+import { listUpscalers } from "./upscalers.js";
 import { check, HttpError, type JsonSchema, nameSchema } from "./validate.js";
 import { type Area, confine, LAYOUT, listFiles, listFolders, relPath } from "./workspace-files.js";
 
@@ -85,6 +86,7 @@ export function workspaceRoutes(ctx: StudioContext): Route[] {
         lora: listFiles(ctx.root, "lora", [".safetensors", ".pt"]),
         embeddings: listFiles(ctx.root, "embeddings", [".safetensors", ".pt", ".bin"]),
         hypernetworks: listFiles(ctx.root, "hypernetworks", [".pt", ".safetensors"]),
+        upscalers: listUpscalers(ctx.root),
         datasets: listFolders(ctx.root, "datasets"),
         runs: listFolders(ctx.root, "runs"),
         samplers: SAMPLER_NAMES,

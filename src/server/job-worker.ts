@@ -8,13 +8,18 @@ import { dirname } from "node:path";
 import {
   createModel,
   disposeStableDiffusion,
+  disposeUpscaler,
   EmbeddingDatabase,
+  type GenerateRgbOptions,
   generateRgb,
+  generateTwoStage,
   loadStableDiffusion,
+  loadUpscaler,
   mergeCheckpoints,
   mergeLorasIntoCheckpoint,
   type SAMPLER_NAMES,
   saveImages,
+  saveUpscaled,
 } from "../index.js";
 import { type ClassImagesJob, classImages, type EvalJob, evaluation } from "./job-worker-extra.js";
 
@@ -50,6 +55,8 @@ export interface GenerateJob {
   width: number;
   height: number;
   batch: number;
+  /** A second stage: ×4 through this upscaler folder (absolute). */
+  upscaler?: { path: string; noiseLevel?: number; steps?: number };
 }
 
 /** LoRA files baked into a checkpoint (src/tools/merge-lora.ts); paths absolute. */
@@ -108,7 +115,7 @@ async function run(job: WorkerJob): Promise<Record<string, unknown>> {
   try {
     // files that do not fit this model are left out (A1111 skips them too) and said in the result
     const { refused } = embeddings.loadDir(job.embeddingsDir);
-    const result = generateRgb(model, {
+    const options: GenerateRgbOptions = {
       prompt: job.prompt,
       negative: job.negative,
       sampler: job.sampler,
@@ -122,14 +129,28 @@ async function run(job: WorkerJob): Promise<Record<string, unknown>> {
       hypernetworkDirs: [job.hypernetworkDir],
       embeddings,
       onStep: (step, total) => send({ type: "progress", step, total }),
-    });
-    mkdirSync(dirname(job.out), { recursive: true });
-    const images = saveImages(result, job.out, job.modelName);
-    return {
-      images,
-      seed: result.settings.seed,
-      embeddings_refused: refused.map((r) => r.reason),
     };
+    const embeddingsRefused = refused.map((r) => r.reason);
+    mkdirSync(dirname(job.out), { recursive: true });
+    if (job.upscaler) {
+      const upscaler = loadUpscaler(job.upscaler.path);
+      try {
+        const { noiseLevel, steps } = job.upscaler;
+        const r = generateTwoStage(model, upscaler, { ...options, upscale: { noiseLevel, steps } });
+        const lowRes = saveImages(
+          { images: r.lowRes, settings: r.settings },
+          job.out.replace(/\.png$/, "-base.png"),
+          job.modelName,
+        );
+        const images = saveUpscaled({ images: r.images, settings: r.upscaleSettings }, job.out, upscaler.name);
+        return { images, low_res: lowRes, seed: r.settings.seed, embeddings_refused: embeddingsRefused };
+      } finally {
+        disposeUpscaler(upscaler);
+      }
+    }
+    const result = generateRgb(model, options);
+    const images = saveImages(result, job.out, job.modelName);
+    return { images, seed: result.settings.seed, embeddings_refused: embeddingsRefused };
   } finally {
     embeddings.dispose();
     disposeStableDiffusion(model);

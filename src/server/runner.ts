@@ -360,9 +360,11 @@ export class JobRunner {
           this.queue.update(job.id, { step: m.step, total: m.total });
           this.#event(job.id, "progress", { step: m.step, total: m.total });
         } else if (m.type === "result") {
-          const images = m.result.images as string[] | undefined;
           const result: Record<string, unknown> = { ...m.result };
-          if (images) result.images = images.map((p) => relPath(this.root, p));
+          for (const k of ["images", "low_res"]) {
+            const paths = m.result[k] as string[] | undefined;
+            if (paths) result[k] = paths.map((p) => relPath(this.root, p));
+          }
           if (typeof m.result.output === "string") result.output = relPath(this.root, m.result.output);
           settle("done", { result });
         } else settle("failed", { error: m.message });

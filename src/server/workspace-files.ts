@@ -13,6 +13,8 @@ export const LAYOUT = {
   lora: "models/Lora",
   embeddings: "embeddings",
   hypernetworks: "models/hypernetworks",
+  /** ×4 latent upscalers (diffusers StableDiffusionUpscalePipeline folders), for two-stage generation. */
+  upscalers: "models/upscalers",
   models: "models/atelier",
   datasets: "datasets",
   runs: "runs",

@@ -3,7 +3,9 @@
 // hypernetworks (models/hypernetworks, <hypernet:NAME:m>): dropping an
 // embedding file changes what the same prompt and seed make; files that do
 // not fit the model are named in the result; the PNG's parameters carry the
-// prompt as typed; an unknown hypernetwork fails the job with its name.
+// prompt as typed; an unknown hypernetwork fails the job with its name; with
+// an upscaler (models/upscalers or the built-in shapes one) each picture is
+// upscaled ×4 and its first stage kept, and a bad name or noise level is a 400.
 import assert from "node:assert/strict";
 import { copyFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -72,4 +74,50 @@ test("<hypernet:NAME:m> from models/hypernetworks; the PNG parameters carry the 
   const missing = await generate("a star <hypernet:nosuch:1>");
   assert.equal(missing.status, "failed");
   assert.match(String(missing.error), /nosuch/);
+});
+
+test("two-stage generation: with an upscaler the 64² picture is kept as -base.png and upscaled ×4; bad names refused", async () => {
+  const ws = (await call(base, "GET", "/api/workspace")).body as { upscalers: string[] };
+  assert.deepEqual(ws.upscalers, ["builtin:shapes-upscaler"]);
+  const r = await call(base, "POST", "/api/generate", {
+    model: "shapes",
+    prompt: "a star",
+    steps: 2,
+    seed: 4,
+    upscaler: "builtin:shapes-upscaler",
+    noise_level: 20,
+    upscaler_steps: 2,
+  });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  const done = await waitJob(base, r.body.id as number);
+  assert.equal(done.status, "done", String(done.error));
+  const result = done.result as { images: string[]; low_res: string[] };
+  const size = (rel: string) => {
+    const b = readFileSync(join(dirs.workspace, rel));
+    return [b.readUInt32BE(16), b.readUInt32BE(20)]; // the PNG's IHDR width and height
+  };
+  assert.deepEqual(size(result.images[0]), [256, 256]);
+  assert.deepEqual(size(result.low_res[0]), [64, 64]);
+  assert.match(result.low_res[0], /-base\.png$/);
+  const outputs = (await call(base, "GET", "/api/outputs")).body as unknown as { path: string; parameters: string }[];
+  assert.match(outputs.find((o) => o.path === result.images[0])?.parameters ?? "", /Noise level: 20/);
+
+  const queued = ((await call(base, "GET", "/api/jobs")).body as unknown as unknown[]).length;
+  for (const [body, field, message] of [
+    [{ upscaler: "nosuch" }, "body.upscaler", /no upscaler 'nosuch'.*known: builtin:shapes-upscaler/],
+    [{ upscaler: "../../etc" }, "body.upscaler", /no upscaler/],
+    [
+      { upscaler: "builtin:shapes-upscaler", noise_level: 351 },
+      "body.noise_level",
+      /351 is above .*max_noise_level 350/,
+    ],
+    [{ noise_level: 20 }, "body.noise_level", /goes with body\.upscaler/],
+  ] as const) {
+    const bad = await call(base, "POST", "/api/generate", { model: "shapes", prompt: "a star", ...body });
+    assert.equal(bad.status, 400, JSON.stringify(bad.body));
+    assert.equal(bad.body.field, field);
+    assert.match(String(bad.body.error), message);
+  }
+  const after = ((await call(base, "GET", "/api/jobs")).body as unknown as unknown[]).length;
+  assert.equal(after, queued, "nothing queued on refusal");
 });
