@@ -3,7 +3,8 @@
 // base with a chosen scheduler, add a concept from uploaded pictures, see an
 // invalid field marked with the CLI's message, train a short LoRA and watch
 // its progress and a sample arrive, then generate with the result; then the
-// other job forms (a LoRA merge, class images, a batch, an evaluation) run
+// other job forms (a LoRA merge, class images, a batch, a two-stage
+// generation through the ×4 upscaler, an evaluation) run
 // and a taken name is marked on its field. The screenshots go to
 // test-output/studio/.
 import assert from "node:assert/strict";
@@ -189,6 +190,17 @@ test("the job forms in chromium: merge a LoRA, class images, a batch, an evaluat
   await page.fill("#batch-form input[name=steps]", "3");
   await page.click("#batch-form button[type=submit]");
   await page.waitForSelector("#batch-form .job-status:has-text('2 jobs done')", { timeout: 60_000 });
+  // two-stage generation through the built-in ×4 upscaler
+  await page.waitForSelector("#gen-upscaler option[value='builtin:shapes-upscaler']", { state: "attached" });
+  await page.fill("#generate-form textarea[name=prompt]", "a star");
+  await page.fill("#generate-form input[name=steps]", "3");
+  await page.selectOption("#gen-upscaler", "builtin:shapes-upscaler");
+  await page.fill("#generate-form input[name=noise_level]", "20");
+  await page.click("#generate-form button[type=submit]");
+  await page.waitForSelector("#gen-status:has-text('wrote')", { timeout: 90_000 });
+  await page.waitForSelector("#png-info:has-text('Noise level: 20')");
+  assert.match((await page.textContent("#png-info")) ?? "", /Size: 256x256/);
+  await shot("10-generate-upscaled");
 
   await page.click("a[data-page=lab]");
   await page.waitForSelector("#eval-model option[value=shapes]", { state: "attached" });
