@@ -55,14 +55,18 @@ import {
   pyUnet,
   REF_SCRIPT,
   runChild,
+  type Savers,
+  saverArgs,
   statusMb,
   stepLoss,
+  storeFrozen,
+  underAutocast,
 } from "./train_common.js";
 
 const CASES = ["lora", "full"] as const;
 type CaseKey = (typeof CASES)[number];
 
-interface Options extends BaseOptions {
+interface Options extends BaseOptions, Savers {
   quick: boolean;
   /** Latent side (null: 64 on CUDA, 32 on CPU, where 64 does not fit; see RESULTS.md). */
   latent: number | null;
@@ -73,8 +77,8 @@ interface Options extends BaseOptions {
   optimizer: "auto" | OptimizerKind;
   waitMem: number;
   worker: CaseKey | null;
-  /** Gradient checkpointing of the UNet's resnets and transformers on both sides. */
-  checkpointing: boolean;
+  /** global.gc() after each step on the Atelier side (its worker runs with --expose-gc). */
+  gc: boolean;
 }
 
 const USAGE = `usage: node dist/bench/train.js [options]
@@ -82,6 +86,13 @@ const USAGE = `usage: node dist/bench/train.js [options]
   --device D         cpu (default) or cuda
   --checkpointing    gradient checkpointing on both sides (Atelier: gradient_checkpointing; PyTorch:
                      torch.utils.checkpoint around each resnet and transformer, as diffusers does)
+  --mixed-precision M  no (default) or bf16: forward and loss under bf16 autocast on both sides
+  --weight-dtype W   float32 (default) or bf16: frozen weights (the UNet under LoRA) stored in bf16 on
+                     both sides (needs --mixed-precision bf16, as the trainer's weight_dtype does)
+  --savers           all of them: --checkpointing --mixed-precision bf16 --weight-dtype bf16, and the
+                     full step with 8-bit AdamW (unless --optimizer says otherwise)
+  --gc               Atelier side: global.gc() after each step (node --expose-gc), to see what the
+                     RSS kept between steps owes to JS wrappers not yet collected
   --quick            a small UNet (SD1.5 layout, channels 32-64-128-128, 32×32 latents) to see that it works
   --latent N         latent side: N×N latents, 8N px images (default 64 on CUDA; 32 on CPU, where a full
                      step on 64×64 needs more memory than the 24 GiB machine has)
@@ -92,7 +103,8 @@ const USAGE = `usage: node dist/bench/train.js [options]
   --reps N           timed steps per side and case, after the warm-up (default 3)
   --warmup N         untimed steps first (default 1)
   --optimizer O      full step's optimizer: auto (default: AdamW where the memory allows it,
-                     else SGD without momentum), adamw or sgd; the LoRA step always uses AdamW
+                     else SGD without momentum), adamw, adamw8bit (bitsandbytes' algorithm; PyTorch:
+                     scripts/record-optim-extra-reference.py AdamW8bit) or sgd; the LoRA step always uses AdamW
   --wait-mem S       wait up to S seconds for enough free memory before each process (default 600)
   --cpus C           pin both sides to these CPUs (a taskset list), or none (default)
   --python PATH      the PyTorch interpreter (default /usr/bin/python3)
@@ -104,6 +116,9 @@ function parseArgs(argv: string[]): Options {
     device: "cpu",
     quick: false,
     checkpointing: false,
+    mixedPrecision: "no",
+    weightDtype: "float32",
+    gc: false,
     latent: null,
     batch: 2,
     check: false,
@@ -121,20 +136,32 @@ function parseArgs(argv: string[]): Options {
     if (!(CASES as readonly string[]).includes(v ?? "")) fail(`unknown case '${v}' (${CASES.join(", ")})`);
     return v as CaseKey;
   };
-  return parseFlags(argv, defaults, {
+  let savers = false;
+  const o = parseFlags(argv, defaults, {
     usage: USAGE,
     fail,
     cpus: "a CPU list or none",
     own(o, a, v) {
       if (a === "--quick") o.quick = true;
       else if (a === "--checkpointing") o.checkpointing = true;
+      else if (a === "--mixed-precision") {
+        const m = v.next();
+        if (m !== "no" && m !== "bf16") fail(`--mixed-precision expects no or bf16, got ${m}`);
+        o.mixedPrecision = m;
+      } else if (a === "--weight-dtype") {
+        const w = v.next();
+        if (w !== "float32" && w !== "bf16") fail(`--weight-dtype expects float32 or bf16, got ${w}`);
+        o.weightDtype = w;
+      } else if (a === "--savers") savers = true;
+      else if (a === "--gc") o.gc = true;
       else if (a === "--latent") o.latent = v.int(8);
       else if (a === "--batch") o.batch = v.int(1);
       else if (a === "--check") o.check = true;
       else if (a === "--only") o.only = (v.next() ?? "").split(",").filter(Boolean).map(caseKey);
       else if (a === "--optimizer") {
         const k = v.next();
-        if (k !== "auto" && k !== "adamw" && k !== "sgd") fail(`--optimizer expects auto, adamw or sgd, got ${k}`);
+        if (k !== "auto" && k !== "adamw" && k !== "adamw8bit" && k !== "sgd")
+          fail(`--optimizer expects auto, adamw, adamw8bit or sgd, got ${k}`);
         o.optimizer = k;
       } else if (a === "--wait-mem") o.waitMem = v.int(0);
       else if (a === "--worker") o.worker = caseKey(v.next());
@@ -142,6 +169,13 @@ function parseArgs(argv: string[]): Options {
       return true;
     },
   });
+  if (savers) {
+    Object.assign(o, { checkpointing: true, mixedPrecision: "bf16", weightDtype: "bf16" });
+    if (o.optimizer === "auto") o.optimizer = "adamw8bit";
+  }
+  if (o.weightDtype === "bf16" && o.mixedPrecision !== "bf16")
+    fail(`--weight-dtype bf16 needs --mixed-precision bf16 (the forward runs under its autocast)`);
+  return o;
 }
 
 // ---- the benchmark's settings ----------------------------------------------------------
@@ -150,7 +184,7 @@ function parseArgs(argv: string[]): Options {
 const SMALL: UNetConfig = { ...unetPresets.sd15, blockOutChannels: [32, 64, 128, 128] };
 
 /** What both sides run; the worker gets it through argv. */
-interface StepSpec {
+interface StepSpec extends Savers {
   unet: UNetConfig;
   latent: number;
   /** Class (prior-preservation) examples next to the one instance example. */
@@ -159,7 +193,6 @@ interface StepSpec {
   lr: number;
   rank: number;
   alpha: number;
-  checkpointing: boolean;
 }
 
 const LR: Record<CaseKey, number> = { lora: 1e-4, full: 5e-6 }; // kohya's / diffusers' usual rates
@@ -180,8 +213,10 @@ interface StepRun {
   optimizer_ms: number;
   loss: number;
   warmup: boolean;
-  /** RSS once the step (and zeroGrad) is done: what is kept between steps. */
+  /** RSS once the step (and zeroGrad, and with --gc a global.gc()) is done: what is kept between steps. */
   rss_after_mb: number;
+  /** The same before the global.gc() of --gc (without it: the same reading). */
+  rss_before_gc_mb: number;
 }
 
 /** --worker: one case on the Atelier side, in this fresh process; returns what is printed. */
@@ -193,6 +228,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
   const unet = new UNet2DConditionModel(spec.unet, { device }).train().setGradientCheckpointing(spec.checkpointing);
   const network = caseKey === "lora" ? injectLora({ unet }, { rank: spec.rank, alpha: spec.alpha }) : null;
   const params = network ? network.trainableParameters() : unet.parameters();
+  const frozenCast = storeFrozen(spec, unet); // before the optimizer, as src/train/run-setup.ts
   const optimizer = makeOptimizer(spec.optimizer, params, spec.lr);
   const buildS = (performance.now() - t0) / 1e3;
   const schedule = new NoiseSchedule(SD15_SCHEDULER_CONFIG);
@@ -221,7 +257,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     let f1 = f0;
     const loss = scope(() => {
       const { noise, timesteps } = drawNoise(latents, schedule.numTrainTimesteps, { generator: gen });
-      const terms = stepLoss(unet, schedule, latents, context, noise, timesteps);
+      const terms = underAutocast(spec, device, () => stepLoss(unet, schedule, latents, context, noise, timesteps));
       const value = terms.loss.item();
       t1 = performance.now();
       f1 = minorFaults();
@@ -238,6 +274,8 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     sync();
     const t3 = performance.now();
     sample();
+    const rssBeforeGc = rssMb();
+    if (o.gc) (globalThis as { gc?: () => void }).gc!();
     const c = process.cpuUsage(c0);
     const r: StepRun = {
       ms: t3 - t0,
@@ -249,12 +287,14 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
       loss,
       warmup: i < o.warmup,
       rss_after_mb: rssMb(),
+      rss_before_gc_mb: rssBeforeGc,
     };
     runs.push(r);
     console.error(
       `  Atelier ${caseKey} ${r.warmup ? "warm-up" : "step"} ${(r.ms / 1e3).toFixed(1)} s ` +
         `(cpu ${(r.cpu_ms / 1e3).toFixed(1)}; fwd ${(r.forward_ms / 1e3).toFixed(1)}, bwd ${(r.backward_ms / 1e3).toFixed(1)}, ` +
-        `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), RSS after ${(r.rss_after_mb / 1024).toFixed(2)} GiB, load ${load1().toFixed(2)}`,
+        `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), RSS after ${(r.rss_after_mb / 1024).toFixed(2)} GiB` +
+        `${o.gc ? ` (${(r.rss_before_gc_mb / 1024).toFixed(2)} before gc())` : ""}, load ${load1().toFixed(2)}`,
     );
   }
   const out = {
@@ -267,6 +307,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     trainable_tensors: params.length,
     lora_modules: network?.modules.length ?? 0,
     optimizer: spec.optimizer,
+    frozen_cast: frozenCast,
     build_s: buildS,
     rss_model_mb: rssModel,
     rss_sampled_peak_mb: peakSampled, // after forward, backward and the optimizer step
@@ -299,7 +340,8 @@ const memTotalGiB = () => meminfoGiB("MemTotal");
 function needGiB(caseKey: CaseKey, spec: StepSpec, device: string, params: number): number {
   const paramGiB = (params * 4) / 2 ** 30;
   if (device !== "cpu") return 2 + paramGiB; // the host holds little more than a copy of the weights
-  const copies = caseKey === "lora" ? 1 : spec.optimizer === "adamw" ? 4 : 2;
+  // weights + gradients, + 2 float32 moments (AdamW) or 2 bytes a value (8-bit AdamW)
+  const copies = caseKey === "lora" ? 1 : spec.optimizer === "adamw" ? 4 : spec.optimizer === "adamw8bit" ? 2.5 : 2;
   const area = (spec.latent / 32) ** 2;
   const width = spec.unet.blockOutChannels[0] / 320;
   const perExample = 0.85 * area * width + 0.23 * area ** 2;
@@ -326,7 +368,7 @@ function pythonArgs(spec: StepSpec): string[] {
   return ["--unet", JSON.stringify(pyUnet(spec.unet)), "--latent", String(spec.latent)]
     .concat(["--class-batch", String(spec.classBatch), "--optimizer", spec.optimizer, "--lr", String(spec.lr)])
     .concat(["--rank", String(spec.rank), "--alpha", String(spec.alpha)])
-    .concat(spec.checkpointing ? ["--checkpointing"] : []);
+    .concat(saverArgs(spec));
 }
 
 function runPython(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildResult> {
@@ -337,6 +379,8 @@ function runPython(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildR
 
 function runAtelier(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildResult> {
   const argv = [fileURLToPath(import.meta.url), "--worker", caseKey, "--spec", JSON.stringify(spec)];
+  if (o.gc) argv.unshift("--expose-gc");
+  if (o.gc) argv.push("--gc");
   return runChild(process.execPath, [...argv, ...commonArgs(o)], o, "Atelier worker");
 }
 
@@ -354,6 +398,17 @@ interface Row {
   pytorch: Json;
   atelier_child: Omit<ChildResult, "json">;
   pytorch_child: Omit<ChildResult, "json">;
+}
+
+const OPT_LABEL: Record<OptimizerKind, string> = { adamw: "AdamW", adamw8bit: "8-bit AdamW", sgd: "SGD" };
+
+function saversLabel(s: Savers, key: CaseKey): string {
+  const on = [
+    s.checkpointing ? "checkpointing" : "",
+    s.mixedPrecision === "bf16" ? "bf16 autocast" : "",
+    s.weightDtype === "bf16" && key === "lora" ? "bf16 frozen weights" : "",
+  ].filter(Boolean);
+  return on.length ? `, ${on.join(" + ")}` : "";
 }
 
 const gib = (mb: unknown) => `${((mb as number) / 1024).toFixed(2)} GiB`;
@@ -400,6 +455,7 @@ async function main(): Promise<void> {
   const o = parseArgs(argv);
   if (o.worker) {
     if (!spec) fail("--worker needs --spec");
+    if (o.gc && !(globalThis as { gc?: unknown }).gc) fail("--gc needs node --expose-gc");
     console.log(JSON.stringify(worker(o.worker, spec, o)));
     return;
   }
@@ -423,6 +479,8 @@ async function main(): Promise<void> {
     rank: 4,
     alpha: 1,
     checkpointing: o.checkpointing,
+    mixedPrecision: o.mixedPrecision,
+    weightDtype: o.weightDtype,
   };
   // What fits on this machine when the others hold little (2 GiB left to them and the system).
   const room = memTotalGiB() - 2;
@@ -465,10 +523,10 @@ async function main(): Promise<void> {
     const label =
       key === "lora"
         ? `LoRA rank ${spec.rank} step (AdamW), base frozen`
-        : `full Dreambooth step (${spec.optimizer === "adamw" ? "AdamW" : "SGD"}), all params`;
+        : `full Dreambooth step (${OPT_LABEL[spec.optimizer]}), all params`;
     rows.push({
       key,
-      label: `${label}${spec.checkpointing ? ", checkpointing" : ""}, ${o.quick ? "small" : "SD1.5"} UNet, [${1 + spec.classBatch},4,${latent},${latent}]`,
+      label: `${label}${saversLabel(spec, key)}, ${o.quick ? "small" : "SD1.5"} UNet, [${1 + spec.classBatch},4,${latent},${latent}]`,
       atelier_ms: a.median_ms as number,
       pytorch_ms: p.median_ms as number,
       ratio: (a.median_ms as number) / (p.median_ms as number),

@@ -7,17 +7,50 @@ import { readFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { AdamW, type Optimizer, SGD, type Tensor } from "../src/engine/index.js";
+import { AdamW, AdamW8bit, autocast, type Optimizer, SGD, type Tensor } from "../src/engine/index.js";
 import type { UNet2DConditionModel, UNetConfig } from "../src/models/unet/index.js";
 import type { NoiseSchedule } from "../src/schedulers/index.js";
 import { diffusionLoss, type LossTerms } from "../src/train/losses.js";
+import { storeWeights } from "../src/train/weight-precision.js";
 import { type Fail, failer, type Json, meminfoGiB, pinned, REPO, refExitHint } from "./common.js";
 
 export const fail: Fail = failer("bench/train");
 
 export const REF_SCRIPT = join(REPO, "bench", "train_ref.py");
 
-export type OptimizerKind = "adamw" | "sgd";
+export type OptimizerKind = "adamw" | "adamw8bit" | "sgd";
+
+/**
+ * The memory savers both sides apply (bench/train.ts flags; train_ref.py does the same):
+ * the forward and loss under bf16 autocast (mixed_precision = "bf16"), the frozen weights
+ * stored in bf16 (weight_dtype = "bf16": the UNet under LoRA; a full step has none frozen),
+ * gradient checkpointing of each resnet and transformer. 8-bit AdamW is an OptimizerKind.
+ */
+export interface Savers {
+  mixedPrecision: "no" | "bf16";
+  weightDtype: "float32" | "bf16";
+  checkpointing: boolean;
+}
+
+/** weight_dtype as the trainer applies it (src/train/weight-precision.ts): frozen parameters cast. */
+export function storeFrozen(s: Savers, unet: UNet2DConditionModel): number {
+  if (s.weightDtype === "float32") return 0;
+  const c = { weight_dtype: s.weightDtype, mixed_precision: s.mixedPrecision, full_fp16: false, full_bf16: false };
+  return storeWeights(c, [unet]).frozen;
+}
+
+/** `fn` under the autocast of mixed_precision, as src/train/loop.ts runs a micro-batch. */
+export function underAutocast<T>(s: Savers, device: string, fn: () => T): T {
+  if (s.mixedPrecision === "no") return fn();
+  return autocast(device === "cpu" ? "cpu" : "cuda", "bfloat16", fn);
+}
+
+/** The savers' flags for train_ref.py. */
+export function saverArgs(s: Savers): string[] {
+  return ["--mixed-precision", s.mixedPrecision, "--weight-dtype", s.weightDtype].concat(
+    s.checkpointing ? ["--checkpointing"] : [],
+  );
+}
 
 export const PRIOR_LOSS_WEIGHT = 1;
 
@@ -63,6 +96,8 @@ export function stepLoss(
 export function makeOptimizer(kind: OptimizerKind, params: Tensor[], lr: number): Optimizer<{ lr: number }> {
   // diffusers' AdamW settings: betas (0.9, 0.999), weight decay 1e-2, eps 1e-8
   if (kind === "adamw") return new AdamW(params, { lr, betas: [0.9, 0.999], weightDecay: 1e-2, eps: 1e-8 });
+  // bitsandbytes' AdamW8bit with the same settings (block-wise states, min_8bit_size 4096)
+  if (kind === "adamw8bit") return new AdamW8bit(params, { lr, betas: [0.9, 0.999], weightDecay: 1e-2, eps: 1e-8 });
   return new SGD(params, { lr }); // no momentum: no optimizer state
 }
 
