@@ -57,6 +57,7 @@ import {
   runChild,
   type Savers,
   saverArgs,
+  smapsSummary,
   statusMb,
   stepLoss,
   storeFrozen,
@@ -217,6 +218,8 @@ interface StepRun {
   rss_after_mb: number;
   /** The same before the global.gc() of --gc (without it: the same reading). */
   rss_before_gc_mb: number;
+  /** With --gc: where the RSS lies (smaps) and V8's own figures, before and after the gc(). */
+  gc?: { before: Json; after: Json };
 }
 
 /** --worker: one case on the Atelier side, in this fresh process; returns what is printed. */
@@ -244,6 +247,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
   const probe = device === "cpu" ? null : keep(ones([1], { device }));
   const sync = () => void probe?.item();
   const rssModel = rssMb();
+  const smapsModel = o.gc ? smapsSummary() : null;
   const runs: StepRun[] = [];
   let peakSampled = rssModel;
   const sample = () => {
@@ -275,6 +279,8 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     const t3 = performance.now();
     sample();
     const rssBeforeGc = rssMb();
+    const where = () => ({ ...smapsSummary(), ...process.memoryUsage() });
+    const before = o.gc ? where() : null;
     if (o.gc) (globalThis as { gc?: () => void }).gc!();
     const c = process.cpuUsage(c0);
     const r: StepRun = {
@@ -288,6 +294,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
       warmup: i < o.warmup,
       rss_after_mb: rssMb(),
       rss_before_gc_mb: rssBeforeGc,
+      ...(before ? { gc: { before, after: where() } } : {}),
     };
     runs.push(r);
     console.error(
@@ -310,6 +317,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     frozen_cast: frozenCast,
     build_s: buildS,
     rss_model_mb: rssModel,
+    ...(smapsModel ? { smaps_model: smapsModel } : {}),
     rss_sampled_peak_mb: peakSampled, // after forward, backward and the optimizer step
     maxrss_mb: maxRssMb(),
     vmhwm_mb: statusMb("VmHWM"),

@@ -111,6 +111,40 @@ export function statusMb(field: string, pid: number | "self" = "self"): number |
   }
 }
 
+/**
+ * Where a process's resident memory lies (MiB), from /proc/PID/smaps: the brk heap, anonymous
+ * mappings (large malloc blocks, thread arenas, libtorch's big buffers), file-backed ones
+ * (libraries, mapped weights), the rest ([stack], vdso); and the largest anonymous mappings.
+ */
+export function smapsSummary(pid: number | "self" = "self"): Json {
+  const out = { heap_mb: 0, anon_mb: 0, file_mb: 0, other_mb: 0, anon_top_mb: [] as number[], anon_count: 0 };
+  let kind: "heap_mb" | "anon_mb" | "file_mb" | "other_mb" = "other_mb";
+  const anon: number[] = [];
+  try {
+    for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (head) {
+        const name = head[1];
+        kind = name === "[heap]" ? "heap_mb" : name === "" ? "anon_mb" : name.startsWith("/") ? "file_mb" : "other_mb";
+        continue;
+      }
+      const rss = /^Rss:\s+(\d+) kB/.exec(line);
+      if (!rss) continue;
+      const mb = Number(rss[1]) / 1024;
+      out[kind] += mb;
+      if (kind === "anon_mb") anon.push(mb);
+    }
+  } catch {
+    return out;
+  }
+  out.anon_count = anon.length;
+  out.anon_top_mb = anon
+    .sort((x, y) => y - x)
+    .slice(0, 8)
+    .map((x) => Math.round(x));
+  return out;
+}
+
 export const load1 = () => loadavg()[0]; // a number here (bench/models_common.ts: its 2-decimal text)
 export const memAvailableGiB = () => meminfoGiB("MemAvailable");
 
