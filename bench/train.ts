@@ -22,6 +22,7 @@ import {
   manualSeed,
   ones,
   randn,
+  releaseFreeMemory,
   scope,
   setNumThreads,
 } from "../src/engine/index.js";
@@ -54,6 +55,7 @@ import {
   type OptimizerKind,
   pyUnet,
   REF_SCRIPT,
+  resetPeak,
   runChild,
   type Savers,
   saverArgs,
@@ -80,6 +82,8 @@ interface Options extends BaseOptions, Savers {
   worker: CaseKey | null;
   /** global.gc() after each step on the Atelier side (its worker runs with --expose-gc). */
   gc: boolean;
+  /** Atelier side: malloc_trim after each step (releaseFreeMemory), to see what the heap keeps. */
+  trim: boolean;
 }
 
 const USAGE = `usage: node dist/bench/train.js [options]
@@ -94,6 +98,8 @@ const USAGE = `usage: node dist/bench/train.js [options]
                      full step with 8-bit AdamW (unless --optimizer says otherwise)
   --gc               Atelier side: global.gc() after each step (node --expose-gc), to see what the
                      RSS kept between steps owes to JS wrappers not yet collected
+  --trim             Atelier side: malloc_trim after each step (after the gc() of --gc), to see what
+                     it owes to freed blocks the heap keeps for the next step (native/runtime.cc)
   --quick            a small UNet (SD1.5 layout, channels 32-64-128-128, 32×32 latents) to see that it works
   --latent N         latent side: N×N latents, 8N px images (default 64 on CUDA; 32 on CPU, where a full
                      step on 64×64 needs more memory than the 24 GiB machine has)
@@ -120,6 +126,7 @@ function parseArgs(argv: string[]): Options {
     mixedPrecision: "no",
     weightDtype: "float32",
     gc: false,
+    trim: false,
     latent: null,
     batch: 2,
     check: false,
@@ -155,6 +162,7 @@ function parseArgs(argv: string[]): Options {
         o.weightDtype = w;
       } else if (a === "--savers") savers = true;
       else if (a === "--gc") o.gc = true;
+      else if (a === "--trim") o.trim = true;
       else if (a === "--latent") o.latent = v.int(8);
       else if (a === "--batch") o.batch = v.int(1);
       else if (a === "--check") o.check = true;
@@ -247,7 +255,11 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
   const probe = device === "cpu" ? null : keep(ones([1], { device }));
   const sync = () => void probe?.item();
   const rssModel = rssMb();
-  const smapsModel = o.gc ? smapsSummary() : null;
+  // The steps' own peak: building (float32, then cast by --weight-dtype) can peak higher than a
+  // step with bf16 weights; VmHWM is reset here (and in train_ref.py at the same point).
+  const buildPeak = statusMb("VmHWM");
+  resetPeak();
+  const smapsModel = o.gc || o.trim ? smapsSummary() : null;
   const runs: StepRun[] = [];
   let peakSampled = rssModel;
   const sample = () => {
@@ -280,8 +292,9 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     sample();
     const rssBeforeGc = rssMb();
     const where = () => ({ ...smapsSummary(), ...process.memoryUsage() });
-    const before = o.gc ? where() : null;
+    const before = o.gc || o.trim ? where() : null;
     if (o.gc) (globalThis as { gc?: () => void }).gc!();
+    if (o.trim) releaseFreeMemory();
     const c = process.cpuUsage(c0);
     const r: StepRun = {
       ms: t3 - t0,
@@ -301,7 +314,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
       `  Atelier ${caseKey} ${r.warmup ? "warm-up" : "step"} ${(r.ms / 1e3).toFixed(1)} s ` +
         `(cpu ${(r.cpu_ms / 1e3).toFixed(1)}; fwd ${(r.forward_ms / 1e3).toFixed(1)}, bwd ${(r.backward_ms / 1e3).toFixed(1)}, ` +
         `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), RSS after ${(r.rss_after_mb / 1024).toFixed(2)} GiB` +
-        `${o.gc ? ` (${(r.rss_before_gc_mb / 1024).toFixed(2)} before gc())` : ""}, load ${load1().toFixed(2)}`,
+        `${o.gc || o.trim ? ` (${(r.rss_before_gc_mb / 1024).toFixed(2)} before ${o.gc ? "gc()" : ""}${o.trim ? " trim" : ""})` : ""}, load ${load1().toFixed(2)}`,
     );
   }
   const out = {
@@ -321,6 +334,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     rss_sampled_peak_mb: peakSampled, // after forward, backward and the optimizer step
     maxrss_mb: maxRssMb(),
     vmhwm_mb: statusMb("VmHWM"),
+    vmhwm_build_mb: buildPeak,
     threads: getNumThreads(),
   };
   optimizer.dispose();
@@ -389,6 +403,7 @@ function runAtelier(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<Child
   const argv = [fileURLToPath(import.meta.url), "--worker", caseKey, "--spec", JSON.stringify(spec)];
   if (o.gc) argv.unshift("--expose-gc");
   if (o.gc) argv.push("--gc");
+  if (o.trim) argv.push("--trim");
   return runChild(process.execPath, [...argv, ...commonArgs(o)], o, "Atelier worker");
 }
 
@@ -439,8 +454,8 @@ function describe(r: Row): string[] {
     `minor page faults per step, forward/backward/optimizer: Atelier ${faults(a)}, PyTorch ${faults(p)}`,
     `steps (s): Atelier ${samples(a, "ms")}; PyTorch ${samples(p, "ms")}; ` +
       `CPU time (s): Atelier ${samples(a, "cpu_ms")}; PyTorch ${samples(p, "cpu_ms")}`,
-    `peak RSS (VmHWM): Atelier ${gib(a.vmhwm_mb)}, PyTorch ${gib(p.vmhwm_mb)} ` +
-      `(ru_maxrss ${gib(p.maxrss_mb)}); after building the model: ${gib(a.rss_model_mb)} vs ${gib(p.rss_model_mb)}`,
+    `peak RSS in the steps (VmHWM, reset after building): Atelier ${gib(a.vmhwm_mb)}, PyTorch ${gib(p.vmhwm_mb)}; ` +
+      `building's peak ${gib(a.vmhwm_build_mb)} vs ${gib(p.vmhwm_build_mb)}; RSS after building ${gib(a.rss_model_mb)} vs ${gib(p.rss_model_mb)}`,
     `peak RSS sampled each second by the parent: Atelier ${gib(r.atelier_child.sampled_peak_rss_mb)}, ` +
       `PyTorch ${gib(r.pytorch_child.sampled_peak_rss_mb)}; Atelier's own samples between phases ${gib(a.rss_sampled_peak_mb)}`,
     `${((a.params as number) / 1e6).toFixed(1)}M UNet params, ${((a.trainable as number) / 1e6).toFixed(2)}M trained ` +

@@ -3,7 +3,7 @@
 // train_ref.py's terms, and the runner of the child processes (each side of
 // each case, and the check's PyTorch side, runs in one).
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -143,6 +143,16 @@ export function smapsSummary(pid: number | "self" = "self"): Json {
     .slice(0, 8)
     .map((x) => Math.round(x));
   return out;
+}
+
+/** Resets this process's VmHWM to its RSS now (Linux: "5" to /proc/self/clear_refs); false where refused. */
+export function resetPeak(): boolean {
+  try {
+    writeFileSync("/proc/self/clear_refs", "5");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export const load1 = () => loadavg()[0]; // a number here (bench/models_common.ts: its 2-decimal text)

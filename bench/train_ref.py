@@ -250,6 +250,15 @@ def rss_mb():
     return status_mb("VmRSS")
 
 
+def reset_peak():
+    """VmHWM back to the RSS now (Linux: "5" to /proc/self/clear_refs); ru_maxrss is not reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 # ---- modes ---------------------------------------------------------------------------------
 
 def run_case(args, dev, sync):
@@ -274,6 +283,9 @@ def run_case(args, dev, sync):
     context = torch.randn(b, 77, cfg["ctx_dim"], generator=g).to(dev)
     step = Step(unet, params, opt, dev, sync, mixed_precision=args.mixed_precision)
     rss_model = rss_mb()
+    # the steps' own peak (bench/train.ts resets at the same point): building can peak higher
+    build_peak = status_mb("VmHWM")
+    reset_peak()
     runs = []
     for i in range(args.warmup + args.reps):
         r = step.timed(latents, context, g)
@@ -290,7 +302,7 @@ def run_case(args, dev, sync):
            "lora_modules": len(modules), "optimizer": args.optimizer,
            "foreach": bool(opt.defaults.get("foreach")), "build_s": build_s,
            "frozen_bf16": sum(1 for p in unet.parameters() if p.dtype == torch.bfloat16),
-           "rss_model_mb": rss_model, "maxrss_mb": maxrss_mb(), "vmhwm_mb": status_mb("VmHWM")}
+           "rss_model_mb": rss_model, "maxrss_mb": maxrss_mb(), "vmhwm_mb": status_mb("VmHWM"), "vmhwm_build_mb": build_peak}
     if dev.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     return out
