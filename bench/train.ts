@@ -226,8 +226,8 @@ interface StepRun {
   rss_after_mb: number;
   /** The same before the global.gc() of --gc (without it: the same reading). */
   rss_before_gc_mb: number;
-  /** With --gc: where the RSS lies (smaps) and V8's own figures, before and after the gc(). */
-  gc?: { before: Json; after: Json };
+  /** With --gc/--trim: where the RSS lies (smaps) and V8's own figures, before, after the gc(), after the trim. */
+  gc?: { before: Json; after_gc: Json; after: Json };
 }
 
 /** --worker: one case on the Atelier side, in this fresh process; returns what is printed. */
@@ -294,6 +294,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     const where = () => ({ ...smapsSummary(), ...process.memoryUsage() });
     const before = o.gc || o.trim ? where() : null;
     if (o.gc) (globalThis as { gc?: () => void }).gc!();
+    const afterGc = before ? where() : null;
     if (o.trim) releaseFreeMemory();
     const c = process.cpuUsage(c0);
     const r: StepRun = {
@@ -307,7 +308,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
       warmup: i < o.warmup,
       rss_after_mb: rssMb(),
       rss_before_gc_mb: rssBeforeGc,
-      ...(before ? { gc: { before, after: where() } } : {}),
+      ...(before ? { gc: { before, after_gc: afterGc!, after: where() } } : {}),
     };
     runs.push(r);
     console.error(
