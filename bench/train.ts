@@ -22,6 +22,7 @@ import {
   manualSeed,
   ones,
   randn,
+  releaseFreeMemory,
   scope,
   setNumThreads,
 } from "../src/engine/index.js";
@@ -54,15 +55,21 @@ import {
   type OptimizerKind,
   pyUnet,
   REF_SCRIPT,
+  resetPeak,
   runChild,
+  type Savers,
+  saverArgs,
+  smapsSummary,
   statusMb,
   stepLoss,
+  storeFrozen,
+  underAutocast,
 } from "./train_common.js";
 
 const CASES = ["lora", "full"] as const;
 type CaseKey = (typeof CASES)[number];
 
-interface Options extends BaseOptions {
+interface Options extends BaseOptions, Savers {
   quick: boolean;
   /** Latent side (null: 64 on CUDA, 32 on CPU, where 64 does not fit; see RESULTS.md). */
   latent: number | null;
@@ -73,8 +80,10 @@ interface Options extends BaseOptions {
   optimizer: "auto" | OptimizerKind;
   waitMem: number;
   worker: CaseKey | null;
-  /** Gradient checkpointing of the UNet's resnets and transformers on both sides. */
-  checkpointing: boolean;
+  /** global.gc() after each step on the Atelier side (its worker runs with --expose-gc). */
+  gc: boolean;
+  /** Atelier side: malloc_trim after each step (releaseFreeMemory), to see what the heap keeps. */
+  trim: boolean;
 }
 
 const USAGE = `usage: node dist/bench/train.js [options]
@@ -82,6 +91,15 @@ const USAGE = `usage: node dist/bench/train.js [options]
   --device D         cpu (default) or cuda
   --checkpointing    gradient checkpointing on both sides (Atelier: gradient_checkpointing; PyTorch:
                      torch.utils.checkpoint around each resnet and transformer, as diffusers does)
+  --mixed-precision M  no (default) or bf16: forward and loss under bf16 autocast on both sides
+  --weight-dtype W   float32 (default) or bf16: frozen weights (the UNet under LoRA) stored in bf16 on
+                     both sides (needs --mixed-precision bf16, as the trainer's weight_dtype does)
+  --savers           all of them: --checkpointing --mixed-precision bf16 --weight-dtype bf16, and the
+                     full step with 8-bit AdamW (unless --optimizer says otherwise)
+  --gc               Atelier side: global.gc() after each step (node --expose-gc), to see what the
+                     RSS kept between steps owes to JS wrappers not yet collected
+  --trim             Atelier side: malloc_trim after each step (after the gc() of --gc), to see what
+                     it owes to freed blocks the heap keeps for the next step (native/runtime.cc)
   --quick            a small UNet (SD1.5 layout, channels 32-64-128-128, 32×32 latents) to see that it works
   --latent N         latent side: N×N latents, 8N px images (default 64 on CUDA; 32 on CPU, where a full
                      step on 64×64 needs more memory than the 24 GiB machine has)
@@ -92,7 +110,8 @@ const USAGE = `usage: node dist/bench/train.js [options]
   --reps N           timed steps per side and case, after the warm-up (default 3)
   --warmup N         untimed steps first (default 1)
   --optimizer O      full step's optimizer: auto (default: AdamW where the memory allows it,
-                     else SGD without momentum), adamw or sgd; the LoRA step always uses AdamW
+                     else SGD without momentum), adamw, adamw8bit (bitsandbytes' algorithm; PyTorch:
+                     scripts/record-optim-extra-reference.py AdamW8bit) or sgd; the LoRA step always uses AdamW
   --wait-mem S       wait up to S seconds for enough free memory before each process (default 600)
   --cpus C           pin both sides to these CPUs (a taskset list), or none (default)
   --python PATH      the PyTorch interpreter (default /usr/bin/python3)
@@ -104,6 +123,10 @@ function parseArgs(argv: string[]): Options {
     device: "cpu",
     quick: false,
     checkpointing: false,
+    mixedPrecision: "no",
+    weightDtype: "float32",
+    gc: false,
+    trim: false,
     latent: null,
     batch: 2,
     check: false,
@@ -121,20 +144,33 @@ function parseArgs(argv: string[]): Options {
     if (!(CASES as readonly string[]).includes(v ?? "")) fail(`unknown case '${v}' (${CASES.join(", ")})`);
     return v as CaseKey;
   };
-  return parseFlags(argv, defaults, {
+  let savers = false;
+  const o = parseFlags(argv, defaults, {
     usage: USAGE,
     fail,
     cpus: "a CPU list or none",
     own(o, a, v) {
       if (a === "--quick") o.quick = true;
       else if (a === "--checkpointing") o.checkpointing = true;
+      else if (a === "--mixed-precision") {
+        const m = v.next();
+        if (m !== "no" && m !== "bf16") fail(`--mixed-precision expects no or bf16, got ${m}`);
+        o.mixedPrecision = m;
+      } else if (a === "--weight-dtype") {
+        const w = v.next();
+        if (w !== "float32" && w !== "bf16") fail(`--weight-dtype expects float32 or bf16, got ${w}`);
+        o.weightDtype = w;
+      } else if (a === "--savers") savers = true;
+      else if (a === "--gc") o.gc = true;
+      else if (a === "--trim") o.trim = true;
       else if (a === "--latent") o.latent = v.int(8);
       else if (a === "--batch") o.batch = v.int(1);
       else if (a === "--check") o.check = true;
       else if (a === "--only") o.only = (v.next() ?? "").split(",").filter(Boolean).map(caseKey);
       else if (a === "--optimizer") {
         const k = v.next();
-        if (k !== "auto" && k !== "adamw" && k !== "sgd") fail(`--optimizer expects auto, adamw or sgd, got ${k}`);
+        if (k !== "auto" && k !== "adamw" && k !== "adamw8bit" && k !== "sgd")
+          fail(`--optimizer expects auto, adamw, adamw8bit or sgd, got ${k}`);
         o.optimizer = k;
       } else if (a === "--wait-mem") o.waitMem = v.int(0);
       else if (a === "--worker") o.worker = caseKey(v.next());
@@ -142,6 +178,13 @@ function parseArgs(argv: string[]): Options {
       return true;
     },
   });
+  if (savers) {
+    Object.assign(o, { checkpointing: true, mixedPrecision: "bf16", weightDtype: "bf16" });
+    if (o.optimizer === "auto") o.optimizer = "adamw8bit";
+  }
+  if (o.weightDtype === "bf16" && o.mixedPrecision !== "bf16")
+    fail(`--weight-dtype bf16 needs --mixed-precision bf16 (the forward runs under its autocast)`);
+  return o;
 }
 
 // ---- the benchmark's settings ----------------------------------------------------------
@@ -150,7 +193,7 @@ function parseArgs(argv: string[]): Options {
 const SMALL: UNetConfig = { ...unetPresets.sd15, blockOutChannels: [32, 64, 128, 128] };
 
 /** What both sides run; the worker gets it through argv. */
-interface StepSpec {
+interface StepSpec extends Savers {
   unet: UNetConfig;
   latent: number;
   /** Class (prior-preservation) examples next to the one instance example. */
@@ -159,7 +202,6 @@ interface StepSpec {
   lr: number;
   rank: number;
   alpha: number;
-  checkpointing: boolean;
 }
 
 const LR: Record<CaseKey, number> = { lora: 1e-4, full: 5e-6 }; // kohya's / diffusers' usual rates
@@ -180,8 +222,12 @@ interface StepRun {
   optimizer_ms: number;
   loss: number;
   warmup: boolean;
-  /** RSS once the step (and zeroGrad) is done: what is kept between steps. */
+  /** RSS once the step (and zeroGrad, and with --gc a global.gc()) is done: what is kept between steps. */
   rss_after_mb: number;
+  /** The same before the global.gc() of --gc (without it: the same reading). */
+  rss_before_gc_mb: number;
+  /** With --gc/--trim: where the RSS lies (smaps) and V8's own figures, before, after the gc(), after the trim. */
+  gc?: { before: Json; after_gc: Json; after: Json };
 }
 
 /** --worker: one case on the Atelier side, in this fresh process; returns what is printed. */
@@ -193,6 +239,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
   const unet = new UNet2DConditionModel(spec.unet, { device }).train().setGradientCheckpointing(spec.checkpointing);
   const network = caseKey === "lora" ? injectLora({ unet }, { rank: spec.rank, alpha: spec.alpha }) : null;
   const params = network ? network.trainableParameters() : unet.parameters();
+  const frozenCast = storeFrozen(spec, unet); // before the optimizer, as src/train/run-setup.ts
   const optimizer = makeOptimizer(spec.optimizer, params, spec.lr);
   const buildS = (performance.now() - t0) / 1e3;
   const schedule = new NoiseSchedule(SD15_SCHEDULER_CONFIG);
@@ -208,6 +255,11 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
   const probe = device === "cpu" ? null : keep(ones([1], { device }));
   const sync = () => void probe?.item();
   const rssModel = rssMb();
+  // The steps' own peak: building (float32, then cast by --weight-dtype) can peak higher than a
+  // step with bf16 weights; VmHWM is reset here (and in train_ref.py at the same point).
+  const buildPeak = statusMb("VmHWM");
+  resetPeak();
+  const smapsModel = o.gc || o.trim ? smapsSummary() : null;
   const runs: StepRun[] = [];
   let peakSampled = rssModel;
   const sample = () => {
@@ -221,7 +273,7 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     let f1 = f0;
     const loss = scope(() => {
       const { noise, timesteps } = drawNoise(latents, schedule.numTrainTimesteps, { generator: gen });
-      const terms = stepLoss(unet, schedule, latents, context, noise, timesteps);
+      const terms = underAutocast(spec, device, () => stepLoss(unet, schedule, latents, context, noise, timesteps));
       const value = terms.loss.item();
       t1 = performance.now();
       f1 = minorFaults();
@@ -238,6 +290,12 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     sync();
     const t3 = performance.now();
     sample();
+    const rssBeforeGc = rssMb();
+    const where = () => ({ ...smapsSummary(), ...process.memoryUsage() });
+    const before = o.gc || o.trim ? where() : null;
+    if (o.gc) (globalThis as { gc?: () => void }).gc!();
+    const afterGc = before ? where() : null;
+    if (o.trim) releaseFreeMemory();
     const c = process.cpuUsage(c0);
     const r: StepRun = {
       ms: t3 - t0,
@@ -249,12 +307,15 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
       loss,
       warmup: i < o.warmup,
       rss_after_mb: rssMb(),
+      rss_before_gc_mb: rssBeforeGc,
+      ...(before ? { gc: { before, after_gc: afterGc!, after: where() } } : {}),
     };
     runs.push(r);
     console.error(
       `  Atelier ${caseKey} ${r.warmup ? "warm-up" : "step"} ${(r.ms / 1e3).toFixed(1)} s ` +
         `(cpu ${(r.cpu_ms / 1e3).toFixed(1)}; fwd ${(r.forward_ms / 1e3).toFixed(1)}, bwd ${(r.backward_ms / 1e3).toFixed(1)}, ` +
-        `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), RSS after ${(r.rss_after_mb / 1024).toFixed(2)} GiB, load ${load1().toFixed(2)}`,
+        `opt ${(r.optimizer_ms / 1e3).toFixed(2)}), RSS after ${(r.rss_after_mb / 1024).toFixed(2)} GiB` +
+        `${o.gc || o.trim ? ` (${(r.rss_before_gc_mb / 1024).toFixed(2)} before ${o.gc ? "gc()" : ""}${o.trim ? " trim" : ""})` : ""}, load ${load1().toFixed(2)}`,
     );
   }
   const out = {
@@ -267,11 +328,14 @@ function worker(caseKey: CaseKey, spec: StepSpec, o: Options): Json {
     trainable_tensors: params.length,
     lora_modules: network?.modules.length ?? 0,
     optimizer: spec.optimizer,
+    frozen_cast: frozenCast,
     build_s: buildS,
     rss_model_mb: rssModel,
+    ...(smapsModel ? { smaps_model: smapsModel } : {}),
     rss_sampled_peak_mb: peakSampled, // after forward, backward and the optimizer step
     maxrss_mb: maxRssMb(),
     vmhwm_mb: statusMb("VmHWM"),
+    vmhwm_build_mb: buildPeak,
     threads: getNumThreads(),
   };
   optimizer.dispose();
@@ -299,7 +363,8 @@ const memTotalGiB = () => meminfoGiB("MemTotal");
 function needGiB(caseKey: CaseKey, spec: StepSpec, device: string, params: number): number {
   const paramGiB = (params * 4) / 2 ** 30;
   if (device !== "cpu") return 2 + paramGiB; // the host holds little more than a copy of the weights
-  const copies = caseKey === "lora" ? 1 : spec.optimizer === "adamw" ? 4 : 2;
+  // weights + gradients, + 2 float32 moments (AdamW) or 2 bytes a value (8-bit AdamW)
+  const copies = caseKey === "lora" ? 1 : spec.optimizer === "adamw" ? 4 : spec.optimizer === "adamw8bit" ? 2.5 : 2;
   const area = (spec.latent / 32) ** 2;
   const width = spec.unet.blockOutChannels[0] / 320;
   const perExample = 0.85 * area * width + 0.23 * area ** 2;
@@ -326,7 +391,7 @@ function pythonArgs(spec: StepSpec): string[] {
   return ["--unet", JSON.stringify(pyUnet(spec.unet)), "--latent", String(spec.latent)]
     .concat(["--class-batch", String(spec.classBatch), "--optimizer", spec.optimizer, "--lr", String(spec.lr)])
     .concat(["--rank", String(spec.rank), "--alpha", String(spec.alpha)])
-    .concat(spec.checkpointing ? ["--checkpointing"] : []);
+    .concat(saverArgs(spec));
 }
 
 function runPython(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildResult> {
@@ -337,6 +402,9 @@ function runPython(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildR
 
 function runAtelier(caseKey: CaseKey, spec: StepSpec, o: Options): Promise<ChildResult> {
   const argv = [fileURLToPath(import.meta.url), "--worker", caseKey, "--spec", JSON.stringify(spec)];
+  if (o.gc) argv.unshift("--expose-gc");
+  if (o.gc) argv.push("--gc");
+  if (o.trim) argv.push("--trim");
   return runChild(process.execPath, [...argv, ...commonArgs(o)], o, "Atelier worker");
 }
 
@@ -354,6 +422,17 @@ interface Row {
   pytorch: Json;
   atelier_child: Omit<ChildResult, "json">;
   pytorch_child: Omit<ChildResult, "json">;
+}
+
+const OPT_LABEL: Record<OptimizerKind, string> = { adamw: "AdamW", adamw8bit: "8-bit AdamW", sgd: "SGD" };
+
+function saversLabel(s: Savers, key: CaseKey): string {
+  const on = [
+    s.checkpointing ? "checkpointing" : "",
+    s.mixedPrecision === "bf16" ? "bf16 autocast" : "",
+    s.weightDtype === "bf16" && key === "lora" ? "bf16 frozen weights" : "",
+  ].filter(Boolean);
+  return on.length ? `, ${on.join(" + ")}` : "";
 }
 
 const gib = (mb: unknown) => `${((mb as number) / 1024).toFixed(2)} GiB`;
@@ -376,8 +455,8 @@ function describe(r: Row): string[] {
     `minor page faults per step, forward/backward/optimizer: Atelier ${faults(a)}, PyTorch ${faults(p)}`,
     `steps (s): Atelier ${samples(a, "ms")}; PyTorch ${samples(p, "ms")}; ` +
       `CPU time (s): Atelier ${samples(a, "cpu_ms")}; PyTorch ${samples(p, "cpu_ms")}`,
-    `peak RSS (VmHWM): Atelier ${gib(a.vmhwm_mb)}, PyTorch ${gib(p.vmhwm_mb)} ` +
-      `(ru_maxrss ${gib(p.maxrss_mb)}); after building the model: ${gib(a.rss_model_mb)} vs ${gib(p.rss_model_mb)}`,
+    `peak RSS in the steps (VmHWM, reset after building): Atelier ${gib(a.vmhwm_mb)}, PyTorch ${gib(p.vmhwm_mb)}; ` +
+      `building's peak ${gib(a.vmhwm_build_mb)} vs ${gib(p.vmhwm_build_mb)}; RSS after building ${gib(a.rss_model_mb)} vs ${gib(p.rss_model_mb)}`,
     `peak RSS sampled each second by the parent: Atelier ${gib(r.atelier_child.sampled_peak_rss_mb)}, ` +
       `PyTorch ${gib(r.pytorch_child.sampled_peak_rss_mb)}; Atelier's own samples between phases ${gib(a.rss_sampled_peak_mb)}`,
     `${((a.params as number) / 1e6).toFixed(1)}M UNet params, ${((a.trainable as number) / 1e6).toFixed(2)}M trained ` +
@@ -400,6 +479,7 @@ async function main(): Promise<void> {
   const o = parseArgs(argv);
   if (o.worker) {
     if (!spec) fail("--worker needs --spec");
+    if (o.gc && !(globalThis as { gc?: unknown }).gc) fail("--gc needs node --expose-gc");
     console.log(JSON.stringify(worker(o.worker, spec, o)));
     return;
   }
@@ -423,6 +503,8 @@ async function main(): Promise<void> {
     rank: 4,
     alpha: 1,
     checkpointing: o.checkpointing,
+    mixedPrecision: o.mixedPrecision,
+    weightDtype: o.weightDtype,
   };
   // What fits on this machine when the others hold little (2 GiB left to them and the system).
   const room = memTotalGiB() - 2;
@@ -465,10 +547,10 @@ async function main(): Promise<void> {
     const label =
       key === "lora"
         ? `LoRA rank ${spec.rank} step (AdamW), base frozen`
-        : `full Dreambooth step (${spec.optimizer === "adamw" ? "AdamW" : "SGD"}), all params`;
+        : `full Dreambooth step (${OPT_LABEL[spec.optimizer]}), all params`;
     rows.push({
       key,
-      label: `${label}${spec.checkpointing ? ", checkpointing" : ""}, ${o.quick ? "small" : "SD1.5"} UNet, [${1 + spec.classBatch},4,${latent},${latent}]`,
+      label: `${label}${saversLabel(spec, key)}, ${o.quick ? "small" : "SD1.5"} UNet, [${1 + spec.classBatch},4,${latent},${latent}]`,
       atelier_ms: a.median_ms as number,
       pytorch_ms: p.median_ms as number,
       ratio: (a.median_ms as number) / (p.median_ms as number),

@@ -3,21 +3,54 @@
 // train_ref.py's terms, and the runner of the child processes (each side of
 // each case, and the check's PyTorch side, runs in one).
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { AdamW, type Optimizer, SGD, type Tensor } from "../src/engine/index.js";
+import { AdamW, AdamW8bit, autocast, type Optimizer, SGD, type Tensor } from "../src/engine/index.js";
 import type { UNet2DConditionModel, UNetConfig } from "../src/models/unet/index.js";
 import type { NoiseSchedule } from "../src/schedulers/index.js";
 import { diffusionLoss, type LossTerms } from "../src/train/losses.js";
+import { storeWeights } from "../src/train/weight-precision.js";
 import { type Fail, failer, type Json, meminfoGiB, pinned, REPO, refExitHint } from "./common.js";
 
 export const fail: Fail = failer("bench/train");
 
 export const REF_SCRIPT = join(REPO, "bench", "train_ref.py");
 
-export type OptimizerKind = "adamw" | "sgd";
+export type OptimizerKind = "adamw" | "adamw8bit" | "sgd";
+
+/**
+ * The memory savers both sides apply (bench/train.ts flags; train_ref.py does the same):
+ * the forward and loss under bf16 autocast (mixed_precision = "bf16"), the frozen weights
+ * stored in bf16 (weight_dtype = "bf16": the UNet under LoRA; a full step has none frozen),
+ * gradient checkpointing of each resnet and transformer. 8-bit AdamW is an OptimizerKind.
+ */
+export interface Savers {
+  mixedPrecision: "no" | "bf16";
+  weightDtype: "float32" | "bf16";
+  checkpointing: boolean;
+}
+
+/** weight_dtype as the trainer applies it (src/train/weight-precision.ts): frozen parameters cast. */
+export function storeFrozen(s: Savers, unet: UNet2DConditionModel): number {
+  if (s.weightDtype === "float32") return 0;
+  const c = { weight_dtype: s.weightDtype, mixed_precision: s.mixedPrecision, full_fp16: false, full_bf16: false };
+  return storeWeights(c, [unet]).frozen;
+}
+
+/** `fn` under the autocast of mixed_precision, as src/train/loop.ts runs a micro-batch. */
+export function underAutocast<T>(s: Savers, device: string, fn: () => T): T {
+  if (s.mixedPrecision === "no") return fn();
+  return autocast(device === "cpu" ? "cpu" : "cuda", "bfloat16", fn);
+}
+
+/** The savers' flags for train_ref.py. */
+export function saverArgs(s: Savers): string[] {
+  return ["--mixed-precision", s.mixedPrecision, "--weight-dtype", s.weightDtype].concat(
+    s.checkpointing ? ["--checkpointing"] : [],
+  );
+}
 
 export const PRIOR_LOSS_WEIGHT = 1;
 
@@ -63,6 +96,8 @@ export function stepLoss(
 export function makeOptimizer(kind: OptimizerKind, params: Tensor[], lr: number): Optimizer<{ lr: number }> {
   // diffusers' AdamW settings: betas (0.9, 0.999), weight decay 1e-2, eps 1e-8
   if (kind === "adamw") return new AdamW(params, { lr, betas: [0.9, 0.999], weightDecay: 1e-2, eps: 1e-8 });
+  // bitsandbytes' AdamW8bit with the same settings (block-wise states, min_8bit_size 4096)
+  if (kind === "adamw8bit") return new AdamW8bit(params, { lr, betas: [0.9, 0.999], weightDecay: 1e-2, eps: 1e-8 });
   return new SGD(params, { lr }); // no momentum: no optimizer state
 }
 
@@ -73,6 +108,50 @@ export function statusMb(field: string, pid: number | "self" = "self"): number |
     return m ? Number(m[1]) / 1024 : null;
   } catch {
     return null;
+  }
+}
+
+/**
+ * Where a process's resident memory lies (MiB), from /proc/PID/smaps: the brk heap, anonymous
+ * mappings (large malloc blocks, thread arenas, libtorch's big buffers), file-backed ones
+ * (libraries, mapped weights), the rest ([stack], vdso); and the largest anonymous mappings.
+ */
+export function smapsSummary(pid: number | "self" = "self"): Json {
+  const out = { heap_mb: 0, anon_mb: 0, file_mb: 0, other_mb: 0, anon_top_mb: [] as number[], anon_count: 0 };
+  let kind: "heap_mb" | "anon_mb" | "file_mb" | "other_mb" = "other_mb";
+  const anon: number[] = [];
+  try {
+    for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (head) {
+        const name = head[1];
+        kind = name === "[heap]" ? "heap_mb" : name === "" ? "anon_mb" : name.startsWith("/") ? "file_mb" : "other_mb";
+        continue;
+      }
+      const rss = /^Rss:\s+(\d+) kB/.exec(line);
+      if (!rss) continue;
+      const mb = Number(rss[1]) / 1024;
+      out[kind] += mb;
+      if (kind === "anon_mb") anon.push(mb);
+    }
+  } catch {
+    return out;
+  }
+  out.anon_count = anon.length;
+  out.anon_top_mb = anon
+    .sort((x, y) => y - x)
+    .slice(0, 8)
+    .map((x) => Math.round(x));
+  return out;
+}
+
+/** Resets this process's VmHWM to its RSS now (Linux: "5" to /proc/self/clear_refs); false where refused. */
+export function resetPeak(): boolean {
+  try {
+    writeFileSync("/proc/self/clear_refs", "5");
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -25,9 +25,17 @@ Modes (one JSON object on stdout; progress on stderr):
                       LoRA init, latents, context, noise and timesteps per step) and
                       its JSON spec in the metadata; runs 2 steps of both methods and
                       writes losses, gradients and updated parameters to OUT
+Memory savers (bench/train.ts passes the same to both sides): --mixed-precision bf16
+(forward and loss under torch.autocast, as accelerate's mixed_precision), --weight-dtype
+bf16 (the frozen UNet under LoRA cast to bf16 before the adapters are added, as kohya
+train_network.py's unet.to(weight_dtype)), --checkpointing, --optimizer adamw8bit
+(bitsandbytes' AdamW8bit algorithm in plain torch, scripts/record-optim-extra-reference.py:
+bitsandbytes itself needs CUDA).
 Common: --threads N, --device cpu|cuda. Exit codes: 3 = no torch, 4 = no CUDA.
 """
 import argparse
+import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -58,6 +66,45 @@ from sd_twin import (  # noqa: E402
 )
 
 SD15 = UNET_CONFIGS["sd15"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def optim_reference():
+    """scripts/record-optim-extra-reference.py, whose AdamW8bit recorded the optimizer fixtures
+    (test/fixtures) that Atelier's AdamW8bit is tested against; loaded as bench/optim_ref.py does."""
+    path = os.path.join(HERE, "..", "scripts", "record-optim-extra-reference.py")
+    spec = importlib.util.spec_from_file_location("optim_extra_ref", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def mixed_dtype_norms(unet):
+    """GroupNorm/LayerNorm weights cast to the input's dtype on the graph, as Atelier's normWith
+    (src/engine/ops/nn.ts) and torch >= 2.0's mixed-dtype CPU kernels: torch 1.13's CPU
+    group_norm/layer_norm refuse a bf16 input (what autocast hands them after a conv/linear)
+    with float32 weights. A no-op where the weights already are bf16 (--weight-dtype bf16)."""
+    for m in unet.modules():
+        if isinstance(m, nn.GroupNorm):
+            m.forward = lambda x, _m=m: F.group_norm(x, _m.num_groups, _m.weight.to(x.dtype), _m.bias.to(x.dtype), _m.eps)
+        elif isinstance(m, nn.LayerNorm):
+            m.forward = lambda x, _m=m: F.layer_norm(
+                x, _m.normalized_shape, _m.weight.to(x.dtype), _m.bias.to(x.dtype), _m.eps)
+
+
+def apply_savers(unet, args_or_spec):
+    """What the savers change on the model before the optimizer is made (LoRA injected after)."""
+    get = (lambda k: args_or_spec[k]) if isinstance(args_or_spec, dict) else (lambda k: getattr(args_or_spec, k))
+    if get("checkpointing"):
+        checkpoint_blocks(unet)
+    if get("mixed_precision") == "bf16":
+        mixed_dtype_norms(unet)
+
+
+def store_frozen(unet, weight_dtype):
+    """--weight-dtype bf16: the frozen UNet cast before the LoRA modules (float32) are added."""
+    if weight_dtype == "bf16":
+        unet.to(dtype=torch.bfloat16)
 
 
 def checkpoint_blocks(unet):
@@ -116,8 +163,9 @@ def inject_lora(unet, rank, alpha):
 class Step:
     """One train_dreambooth.py step with prior preservation (batch = instances + class examples)."""
 
-    def __init__(self, unet, params, optimizer, dev, sync, prior_loss_weight=1.0):
+    def __init__(self, unet, params, optimizer, dev, sync, prior_loss_weight=1.0, mixed_precision="no"):
         self.unet, self.params, self.opt, self.dev, self.sync = unet, params, optimizer, dev, sync
+        self.mixed_precision = mixed_precision
         self.ac = alphas_cumprod()
         self.prior_loss_weight = prior_loss_weight
 
@@ -132,6 +180,14 @@ class Step:
         return a * x0 + s * noise
 
     def forward(self, latents, context, noise, t):
+        if self.mixed_precision == "no":
+            ctx = contextlib.nullcontext()
+        else:
+            ctx = torch.autocast(self.dev.type, dtype=torch.bfloat16)
+        with ctx:
+            return self._forward(latents, context, noise, t)
+
+    def _forward(self, latents, context, noise, t):
         noisy = self.add_noise(latents, noise, t)
         pred = self.unet(noisy, t, context)
         target = noise
@@ -171,6 +227,8 @@ def make_optimizer(kind, params, lr):
     if kind == "adamw":
         # diffusers' defaults: betas (0.9, 0.999), weight decay 1e-2, eps 1e-8
         return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    if kind == "adamw8bit":
+        return optim_reference().AdamW8bit(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     return torch.optim.SGD(params, lr=lr)  # no momentum: no state
 
 
@@ -192,6 +250,15 @@ def rss_mb():
     return status_mb("VmRSS")
 
 
+def reset_peak():
+    """VmHWM back to the RSS now (Linux: "5" to /proc/self/clear_refs); ru_maxrss is not reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 # ---- modes ---------------------------------------------------------------------------------
 
 def run_case(args, dev, sync):
@@ -199,10 +266,10 @@ def run_case(args, dev, sync):
     torch.manual_seed(0)
     t0 = time.perf_counter()
     unet = UNet2DConditionModel(**cfg).to(dev).train()
-    if args.checkpointing:
-        checkpoint_blocks(unet)
+    apply_savers(unet, args)
     if args.case == "lora":
         unet.requires_grad_(False)
+        store_frozen(unet, args.weight_dtype)
         modules = inject_lora(unet, args.rank, args.alpha)
         params = [p for m in modules.values() for p in (m.lora_down.weight, m.lora_up.weight)]
     else:
@@ -214,8 +281,11 @@ def run_case(args, dev, sync):
     b = 1 + args.class_batch
     latents = torch.randn(b, 4, args.latent, args.latent, generator=g).to(dev)
     context = torch.randn(b, 77, cfg["ctx_dim"], generator=g).to(dev)
-    step = Step(unet, params, opt, dev, sync)
+    step = Step(unet, params, opt, dev, sync, mixed_precision=args.mixed_precision)
     rss_model = rss_mb()
+    # the steps' own peak (bench/train.ts resets at the same point): building can peak higher
+    build_peak = status_mb("VmHWM")
+    reset_peak()
     runs = []
     for i in range(args.warmup + args.reps):
         r = step.timed(latents, context, g)
@@ -231,7 +301,8 @@ def run_case(args, dev, sync):
            "trainable": sum(p.numel() for p in params), "trainable_tensors": len(params),
            "lora_modules": len(modules), "optimizer": args.optimizer,
            "foreach": bool(opt.defaults.get("foreach")), "build_s": build_s,
-           "rss_model_mb": rss_model, "maxrss_mb": maxrss_mb(), "vmhwm_mb": status_mb("VmHWM")}
+           "frozen_bf16": sum(1 for p in unet.parameters() if p.dtype == torch.bfloat16),
+           "rss_model_mb": rss_model, "maxrss_mb": maxrss_mb(), "vmhwm_mb": status_mb("VmHWM"), "vmhwm_build_mb": build_peak}
     if dev.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     return out
@@ -245,12 +316,15 @@ def check(args, dev, sync):
     out = {}
     info = {}
     g = torch.Generator().manual_seed(spec["seed"])
+    savers = spec.get("savers", {"checkpointing": False, "mixed_precision": "no", "weight_dtype": "float32"})
     for method in ("full", "lora"):
         unet = UNet2DConditionModel(**cfg)
         unet.load_state_dict({k[5:]: v for k, v in src.items() if k.startswith("unet.")})
         unet = unet.to(dev).train()
+        apply_savers(unet, savers)
         if method == "lora":
             unet.requires_grad_(False)
+            store_frozen(unet, savers["weight_dtype"])
             modules = inject_lora(unet, spec["rank"], spec["alpha"])
             named = {}
             for name, m in modules.items():
@@ -263,8 +337,9 @@ def check(args, dev, sync):
         else:
             named = dict(unet.named_parameters())
         params = list(named.values())
-        opt = make_optimizer(spec["optimizer"], params, spec["lr"][method])
-        step = Step(unet, params, opt, dev, sync, spec["prior_loss_weight"])
+        kind = spec["optimizer"][method] if isinstance(spec["optimizer"], dict) else spec["optimizer"]
+        opt = make_optimizer(kind, params, spec["lr"][method])
+        step = Step(unet, params, opt, dev, sync, spec["prior_loss_weight"], savers["mixed_precision"])
         latents, context = src["latents"].to(dev), src["context"].to(dev)
         for k in range(spec["steps"]):
             noise, t = src[f"{method}.noise{k}"].to(dev), src[f"{method}.timesteps{k}"].to(dev)
@@ -293,11 +368,13 @@ def main():
     p.add_argument("--unet", help="UNet config as JSON (default SD1.5)")
     p.add_argument("--latent", type=int, default=64)
     p.add_argument("--class-batch", type=int, default=1, help="class (prior) examples next to the 1 instance")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--optimizer", choices=["adamw", "adamw8bit", "sgd"], default="adamw")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--checkpointing", action="store_true", help="checkpoint each resnet and transformer")
+    p.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="forward and loss under autocast")
+    p.add_argument("--weight-dtype", choices=["float32", "bf16"], default="float32", help="frozen weights' dtype")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()

@@ -28,6 +28,12 @@ ATELIER_ENTRY(SetNumThreads) {
 
 ATELIER_ENTRY(GetNumThreads) { return Napi::Number::New(info.Env(), at::get_num_threads()); }
 
+// Gives the heap's free pages back to the kernel (glibc malloc_trim(0) also releases whole free
+// pages inside the heap, not only at its top). The mallopt below keeps freed blocks in the heap so
+// that steps do not page-fault their activations back in; memory freed once for good (float32
+// weights replaced by their bf16 copies under weight_dtype) would otherwise stay resident.
+ATELIER_ENTRY(MallocTrim) { return Napi::Boolean::New(info.Env(), malloc_trim(0) != 0); }
+
 ATELIER_ENTRY(CudaDeviceCount) {
   return guarded(info, [&] {
     int n = at::hasCUDA() ? at::detail::getCUDAHooks().getNumGPUs() : 0;
@@ -188,6 +194,7 @@ void registerRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::Function::New(env, Version, "version"));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
+  exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim, "mallocTrim"));
   exports.Set("cudaDeviceCount", Napi::Function::New(env, CudaDeviceCount, "cudaDeviceCount"));
   exports.Set("manualSeed", Napi::Function::New(env, ManualSeed, "manualSeed"));
   exports.Set("generatorNew", Napi::Function::New(env, GeneratorNew, "generatorNew"));

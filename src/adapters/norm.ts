@@ -53,6 +53,11 @@ export class NormModule extends Module implements AdapterModule {
     return this.original.namedParameters(prefix);
   }
 
+  /** Casts the original's parameters (those namedParameters reports), not the adapter's own. */
+  override castParameters(dtype: DType, pick?: (key: string, t: Tensor) => boolean, prefix = ""): number {
+    return this.original.castParameters(dtype, pick, prefix);
+  }
+
   forward(x: Tensor): Tensor {
     const skip =
       this.#mergedWith !== null ||

@@ -4,7 +4,7 @@
 // path), and folds its ΔW into the original weight on merge. The original
 // is not a child: the tree's parameter keys stay the diffusers keys (the
 // wrapper reports the original's parameters under its own path).
-import { keep, noGrad, scope, type Tensor } from "../engine/index.js";
+import { type DType, keep, noGrad, scope, type Tensor } from "../engine/index.js";
 import { Conv2d, Linear, Module } from "../nn/index.js";
 import type { AdapterModule, AdapterTarget, Layer, LayerKind } from "./adapter.js";
 import type { LayerOp } from "./functional/lora.js";
@@ -73,6 +73,11 @@ export abstract class AdapterLayer extends Module implements AdapterModule {
   /** The original's parameters under this module's path, so the tree's keys do not change. */
   override namedParameters(prefix = ""): Map<string, Tensor> {
     return this.#original.namedParameters(prefix);
+  }
+
+  /** Casts the original's parameters (those namedParameters reports), not the adapter's own. */
+  override castParameters(dtype: DType, pick?: (key: string, t: Tensor) => boolean, prefix = ""): number {
+    return this.#original.castParameters(dtype, pick, prefix);
   }
 
   /** scale·(the adapter's path)(x), without the multiplier; null skips it (module dropout). */

@@ -21,4 +21,10 @@ export function checkDevice(device: string): string {
 
 export const setNumThreads = (n: number): void => native.setNumThreads(n);
 export const getNumThreads = (): number => native.getNumThreads();
+/**
+ * Returns the free pages of the process's heap to the kernel (glibc malloc_trim). The addon keeps
+ * freed tensor memory in the heap for reuse (native/runtime.cc); call this after freeing memory that
+ * will not be needed again (weights replaced by half-precision copies). True where any was returned.
+ */
+export const releaseFreeMemory = (): boolean => native.mallocTrim();
 export const torchVersion = (): string => native.version();

@@ -56,6 +56,8 @@ export interface NativeAddon {
   // runtime
   setNumThreads(n: number): void;
   getNumThreads(): number;
+  /** glibc malloc_trim(0): true where memory went back to the kernel. */
+  mallocTrim(): boolean;
   cudaDeviceCount(): number;
   manualSeed(seed: number): void;
   generatorNew(device: string, seed: number): GeneratorId;

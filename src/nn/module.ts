@@ -140,17 +140,19 @@ export class Module {
    * Re-stores the parameters `pick` chooses in `dtype` (frozen weights kept in half precision, as
    * kohya's train_network.py `unet.to(weight_dtype)`); gradients flags are kept. Returns how many changed.
    */
-  castParameters(dtype: DType, pick: (key: string, t: Tensor) => boolean = () => true): number {
+  castParameters(dtype: DType, pick: (key: string, t: Tensor) => boolean = () => true, prefix = ""): number {
+    // Module by module, each swapping its own tensors: a wrapper that reports another module's
+    // parameters under its path (an adapter over a Linear) delegates, as its namedParameters does.
     let n = 0;
-    for (const [key, t] of this.namedParameters()) {
-      if (t.dtype === dtype || !pick(key, t)) continue;
-      const cut = key.lastIndexOf(".");
-      const owner = cut < 0 ? this : this.getModule(key.slice(0, cut));
+    for (const [name, t] of this.#params) {
+      if (t.dtype === dtype || !pick(prefix ? `${prefix}.${name}` : name, t)) continue;
       const fresh = keep(noGrad(() => scope(() => t.to(t.device, dtype).detach()))).requiresGrad_(t.requiresGrad);
       t.dispose();
-      owner.#params.set(key.slice(cut + 1), fresh);
+      this.#params.set(name, fresh);
       n++;
     }
+    for (const [name, child] of this.#children)
+      n += child.castParameters(dtype, pick, prefix ? `${prefix}.${name}` : name);
     return n;
   }
 

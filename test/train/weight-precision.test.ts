@@ -4,6 +4,7 @@
 // mixed_precision are refused naming both fields.
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { injectLora } from "../../src/adapters/network.js";
 import {
   autocast,
   Generator,
@@ -82,6 +83,30 @@ test("full_bf16: the trained weights themselves in bf16, still learning", () => 
   assert.equal(stored.trained, 2);
   for (const [k, d] of dtypes) assert.equal(d, "bfloat16", k);
   assert.ok(losses.at(-1)! < losses[0] * 0.98, `loss ${losses[0]} → ${losses.at(-1)}`);
+});
+
+test("weight_dtype bf16 under a LoRA: the wrapped layers' own weights are cast (not the adapter's), the forward runs", () => {
+  const { unet, vae, textEncoder } = tinyNetworks(9);
+  vae.dispose();
+  textEncoder.dispose();
+  const net = injectLora({ unet }, { rank: 2, alpha: 1 });
+  try {
+    const before = unet.namedParameters().size;
+    const stored = storeWeights(base, [unet]);
+    assert.equal(stored.frozen, before, "every UNet parameter is frozen under the LoRA");
+    for (const m of net.modules)
+      for (const [k, t] of m.original.namedParameters()) assert.equal(t.dtype, "bfloat16", `${m.target.name} ${k}`);
+    for (const t of net.trainableParameters()) assert.equal(t.dtype, "float32");
+    const loss = scope(() => {
+      const x = randn([1, 4, 8, 8]);
+      const c = randn([1, 5, 32]);
+      return autocast("cpu", "bfloat16", () => unet.forward(x, 10, c).float().square().mean().item());
+    });
+    assert.ok(Number.isFinite(loss), `loss ${loss}`);
+  } finally {
+    net.remove();
+    unet.dispose();
+  }
 });
 
 test("weight_dtype float32 and no full_*: nothing is cast", () => {

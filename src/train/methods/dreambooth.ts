@@ -26,7 +26,9 @@ export function saveFullModel(
 ): SavedArtifact[] {
   const components = { unet: weights.unet, vae: model.vae.stateDict(), textEncoder: weights.textEncoder };
   const common = {
-    dtype: save.half ? ("float16" as const) : undefined,
+    // float32 unless save.half, whatever the run kept them in (weight_dtype bf16 stores the frozen
+    // VAE and text encoder in bf16: written as is, a float32 checkpoint would hold bf16 tensors)
+    dtype: save.half ? ("float16" as const) : ("float32" as const),
     configs: model.info.configs,
     predictionType: model.info.predictionType,
   };
