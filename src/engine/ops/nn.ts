@@ -195,11 +195,11 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, o: At
 
 /**
  * Score elements one query slice may hold (default 2^22: 16 MiB of float32
- * scores). Bigger slices are slow: glibc serves a block above its mmap
- * threshold (32 MiB at most) with fresh pages on every allocation, and the
- * size costs beyond that: [2, 8, 1024, 40] attention took 684 ms with 2^24
- * (482 with glibc's mmap off) and 65 ms with 2^22 on the 2-core VM
- * (bench/RESULTS.md "Attention slices").
+ * scores). Bigger slices are slow: 2^24 elements are 64 MiB, the mmap
+ * threshold the addon sets (native/runtime.cc), so each slice is a fresh
+ * mapping that page-faults on every call, and the size costs beyond that:
+ * [2, 8, 1024, 40] attention took 684 ms with 2^24 (482 with glibc's mmap
+ * off) and 65 ms with 2^22 on the 2-core VM (bench/RESULTS.md "Attention slices").
  */
 let sliceElements = 1 << 22;
 
