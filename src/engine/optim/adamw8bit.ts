@@ -124,10 +124,16 @@ export class AdamW8bit extends Optimizer<AdamW8bitHyper> {
     const s2 = dequantize(c2, m2, maps.unsigned, n);
     add_(mul_(s1, beta1), g2, a1);
     addcmul_(mul_(s2, beta2), g2, g2, a2);
-    // The parameter moves with the unquantised new moments, then they are stored in 8 bits.
-    this.#apply(p, reshape(fromBlocks(s1, n), p.shape), reshape(fromBlocks(s2, n), p.shape), stepSize, epsTerm, g);
+    g2.dispose();
+    // The parameter moves with the unquantised new moments, then they are stored in 8 bits; each
+    // float32 moment is freed once quantised (the step's peak is one parameter's temporaries).
+    scope(() =>
+      this.#apply(p, reshape(fromBlocks(s1, n), p.shape), reshape(fromBlocks(s2, n), p.shape), stepSize, epsTerm, g),
+    );
     const q1 = quantize(s1, maps.signed, n, true);
+    s1.dispose();
     const q2 = quantize(s2, maps.unsigned, n, false);
+    s2.dispose();
     this.setState(st, "state1", reshape(q1.codes, p.shape));
     this.setState(st, "state2", reshape(q2.codes, p.shape));
     this.setState(st, "absmax1", q1.absmax);
@@ -136,7 +142,10 @@ export class AdamW8bit extends Optimizer<AdamW8bitHyper> {
 
   /** p += step_size · s1 / (sqrt(s2) + correction2·eps); then p *= 1 - lr·wd. */
   #apply(p: Tensor, s1: Tensor, s2: Tensor, stepSize: number, epsTerm: number, g: ParamGroup<AdamW8bitHyper>) {
-    addcdiv_(p, s1, add(sqrt(s2), epsTerm), stepSize);
+    // the denominator's two float32 copies are freed before the moments are quantised
+    scope(() => {
+      addcdiv_(p, s1, add(sqrt(s2), epsTerm), stepSize);
+    });
     if (g.weightDecay > 0) mul_(p, f32(1 - f32(f32(g.lr) * f32(g.weightDecay))));
   }
 

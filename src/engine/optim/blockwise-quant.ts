@@ -8,6 +8,7 @@ import { defOp } from "../dispatch.js";
 import { linspace, tensor, zeros } from "../ops/creation.js";
 import { abs, add, div, eq, gt, lt, max, mul, ne, reciprocal, sub, where } from "../ops/math.js";
 import { cat, indexSelect, narrow, reshape, toDtype, unsqueeze } from "../ops/shape.js";
+import { scope } from "../scope.js";
 import type { Tensor } from "../tensor.js";
 
 export const BLOCK_SIZE = 2048;
@@ -71,8 +72,11 @@ export function fromBlocks(b: Tensor, n: number): Tensor {
 
 /** Values from codes: map[code] · absmax of the block ([blocks, 2048] from flat uint8 codes). */
 export function dequantize(codes: Tensor, absmax: Tensor, map: QuantMap, n: number): Tensor {
-  const values = indexSelect(map.code, 0, toDtype(reshape(codes, [-1]), "int64"));
-  return mul(toBlocks(values, n), unsqueeze(absmax, 1));
+  // the int64 indices (8 bytes a value) and the unscaled values are freed before the caller goes on
+  return scope(() => {
+    const values = indexSelect(map.code, 0, toDtype(reshape(codes, [-1]), "int64"));
+    return mul(toBlocks(values, n), unsqueeze(absmax, 1));
+  });
 }
 
 /**
@@ -88,17 +92,26 @@ export function quantize(
   n: number,
   keepSign: boolean,
 ): { codes: Tensor; absmax: Tensor } {
-  const absmax = max(abs(values), 1);
+  // Each stage in its own scope, so that only its result outlives it: a parameter's temporaries
+  // (int64 indices, float32 copies: ~60 bytes a value if all were kept to the end) never pile up.
+  const absmax = scope(() => max(abs(values), 1));
   // A block of zeros has absmax 0; scaling by 1 instead keeps its codes finite (its values stay 0).
-  const scale = where(eq(absmax, 0), 1, absmax);
-  const x = div(values, unsqueeze(scale, 1));
+  const x = scope(() => div(values, unsqueeze(where(eq(absmax, 0), 1, absmax), 1)));
   // The number of midpoints below x: the nearest entry, ties to the lower one.
   let idx = searchsorted.t(map.mids.id, x.id);
   if (keepSign) {
-    const entry = reshape(indexSelect(map.code, 0, reshape(idx, [-1])), x.shape);
-    // signbit: 1/x < 0 also catches -0.
-    const wrong = ne(lt(entry, 0), lt(reciprocal(values), 0));
-    idx = where(wrong, where(gt(values, 0), add(idx, 1), sub(idx, 1)), idx);
-  }
-  return { codes: toDtype(fromBlocks(idx, n), "uint8"), absmax };
+    const wrong = scope(() => {
+      const entry = reshape(indexSelect(map.code, 0, reshape(idx, [-1])), x.shape);
+      // signbit: 1/x < 0 also catches -0.
+      return ne(lt(entry, 0), lt(reciprocal(values), 0));
+    });
+    x.dispose();
+    const fixed = scope(() => where(wrong, where(gt(values, 0), add(idx, 1), sub(idx, 1)), idx));
+    wrong.dispose();
+    idx.dispose();
+    idx = fixed;
+  } else x.dispose();
+  const codes = scope(() => toDtype(fromBlocks(idx, n), "uint8"));
+  idx.dispose();
+  return { codes, absmax };
 }
