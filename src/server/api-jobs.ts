@@ -57,14 +57,18 @@ export function workspaceModel(root: string, name: string, field: string): Retur
   }
 }
 
+/** A request's width and height: multiples of 8 (the VAE's downsampling), a 400 naming the field. */
+export function checkPictureSize(b: Record<string, unknown>): void {
+  for (const k of ["width", "height"] as const) {
+    if (b[k] !== undefined && (b[k] as number) % 8 !== 0)
+      throw new HttpError(400, `body.${k}: must be a multiple of 8, got ${b[k]}`, `body.${k}`);
+  }
+}
+
 /** A checked txt2img request as a generate job's parameters (the worker's part included). */
 export function generateParams(root: string, b: GenerateBody): Record<string, unknown> {
   const model = workspaceModel(root, b.model, "body.model");
-  for (const k of ["width", "height"] as const) {
-    if (b[k] !== undefined && (b[k] as number) % 8 !== 0) {
-      throw new HttpError(400, `body.${k}: must be a multiple of 8, got ${b[k]}`, `body.${k}`);
-    }
-  }
+  checkPictureSize(b);
   const noiseLevel = b.noise_level as number | undefined;
   const upscalerSteps = b.upscaler_steps as number | undefined;
   if (b.upscaler === undefined && (noiseLevel !== undefined || upscalerSteps !== undefined)) {

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { parseSubjectSpec, resolveSubject, SubjectSpecError } from "../eval/subject.js";
 import { SAMPLER_NAMES } from "../schedulers/index.js";
 import { shapesBasePath } from "../shapes/base-path.js";
-import { GENERATE_FIELDS, generateParams, jobJson, workspaceModel } from "./api-jobs.js";
+import { checkPictureSize, GENERATE_FIELDS, generateParams, jobJson, workspaceModel } from "./api-jobs.js";
 import type { Route } from "./http.js";
 import type { StudioContext } from "./studio.js";
 import { HttpError, nameSchema } from "./validate.js";
@@ -65,10 +65,7 @@ export function studioJobRoutes(ctx: StudioContext): Route[] {
           height?: number;
         };
         const model = workspaceModel(ctx.root, b.model, "body.model");
-        for (const k of ["width", "height"] as const) {
-          if (b[k] !== undefined && b[k] % 8 !== 0)
-            throw new HttpError(400, `body.${k}: must be a multiple of 8, got ${b[k]}`, `body.${k}`);
-        }
+        checkPictureSize(b);
         const dir = fresh(ctx.root, `${LAYOUT.datasets}/${b.name}`);
         const seed = seedOf(b.seed);
         return jobJson(
